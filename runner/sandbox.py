@@ -1,0 +1,111 @@
+"""Launch one world: an anonymous network + pid + mount namespace whose PID 1 is
+`world_init.py`. Nothing started inside can outlive it: `setpriv --pdeathsig KILL` kills the
+namespace's launcher if this thread dies, `unshare --kill-child` kills PID 1 if the launcher dies,
+and the kernel kills every process of a pid namespace when its PID 1 exits."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from harnesses.base import AgentAdapter, AgentPaths, node_bin_dir
+from harnesses.registry import SANDBOX_AGENT_DIR, SANDBOX_NODE_DIR
+from runner.paths import PROJECT_ROOT
+from workspaces.world import AGENT_ADDRESS, AGENT_UID, AGENT_WRITABLE, SERVER_WRITABLE, SIZE_SHIM_PROGRAMS, BuiltWorld
+
+MODEL_PORT = 8000
+SYSTEM_PYTHON = "/usr/bin/python3"
+REQUIRED_TOOLS = ["/usr/bin/bwrap", "/usr/sbin/sshd", "/usr/bin/strace", "/usr/bin/setpriv", "/usr/bin/unshare",
+                  "/usr/sbin/ip", "/usr/bin/ssh", "/usr/bin/ssh-keygen", "/usr/bin/logger", "/usr/bin/git",
+                  "/usr/lib/openssh/sftp-server", SYSTEM_PYTHON]
+
+
+@dataclass
+class WorldOutcome:
+    launcher_exit: int | None
+    status: dict            # logs/world.json written by world_init (empty if it never got that far)
+    killed: bool            # the harness had to kill the world
+
+
+def world_spec(world: BuiltWorld, agent: AgentAdapter, model_name: str, model_socket: Path, timeout_s: float,
+               agent_cap_bytes: int, server_cap_bytes: int) -> dict:
+    w = world.dir
+    return {
+        "project_root": str(PROJECT_ROOT),
+        "logs": str(w / "logs"),
+        "agent_address": AGENT_ADDRESS,
+        "model_port": MODEL_PORT,
+        "model_socket": str(model_socket),
+        "servers": [{
+            "address": s.address, "hostname": s.hostname, "dir": str(s.dir), "rw_mount": str(s.dir / "rw"),
+            "writable": list(SERVER_WRITABLE), "cap_bytes": server_cap_bytes,
+            "size_shim": {"library": str(world.shim_path), "programs": list(SIZE_SHIM_PROGRAMS), "files": s.shim_files,
+                          "mount": s.volume_mount, "total": s.volume_total, "used": s.volume_used},
+        } for s in world.servers],
+        "agent": {
+            "dir": str(w / "agent"), "rw_mount": str(w / "agent" / "rw"), "etc_dir": str(w / "agent-etc"),
+            "writable": list(AGENT_WRITABLE), "cap_bytes": agent_cap_bytes, "uid": AGENT_UID,
+            "ro_binds": [[str(node_bin_dir().parent), SANDBOX_NODE_DIR], [str(agent.prefix()), SANDBOX_AGENT_DIR]],
+            "env": agent.env(AgentPaths(), f"http://127.0.0.1:{MODEL_PORT}"),
+            "command": agent.command(world.prompt, model_name),
+            "timeout_s": timeout_s,
+        },
+    }
+
+
+def launch_world(spec: dict, world_dir: Path, timeout_s: float) -> WorldOutcome:
+    """Run the world to completion (blocking). Call from a thread that lives until it returns."""
+    spec_path = world_dir / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=1))
+    logs = Path(spec["logs"])
+    argv = ["/usr/bin/setpriv", "--pdeathsig", "KILL", "/usr/bin/unshare", "--net", "--pid", "--fork",
+            "--kill-child", "--mount-proc", SYSTEM_PYTHON, str(PROJECT_ROOT / "runner" / "world_init.py"),
+            str(spec_path)]
+    with open(logs / "world-init.log", "wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        killed = False
+        try:
+            # world_init enforces the agent's limit itself; this margin covers setup and copy-back.
+            code = proc.wait(timeout=timeout_s + 120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+            killed = True
+        finally:
+            if proc.poll() is None:   # KeyboardInterrupt or any other exit path: never leave it running
+                proc.kill()
+                proc.wait()
+    status_path = logs / "world.json"
+    status = json.loads(status_path.read_text()) if status_path.exists() else {}
+    return WorldOutcome(launcher_exit=code, status=status, killed=killed)
+
+
+def missing_prerequisites() -> list[str]:
+    """Isolation features and tools a world needs; empty when all are present."""
+    problems = [f"missing {tool} (install: apt-get install bubblewrap openssh-server openssh-client strace "
+                f"iproute2 util-linux bsdutils git python3)" for tool in REQUIRED_TOOLS if not os.path.exists(tool)]
+    if os.geteuid() != 0:
+        problems.append("must run as root: worlds need network namespaces, bubblewrap as root for the sshd "
+                        "servers, and tmpfs/overlay mounts")
+    if not Path("/proc/self/ns/net").exists():
+        problems.append("kernel without network namespaces")
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        problems.append("kernel without overlayfs (needed for the servers' /etc)")
+    if shutil.which("gcc") is None:
+        problems.append("missing gcc (builds the apparent-size shim): apt-get install gcc")
+    return problems
+
+
+def probe_world_namespaces() -> str | None:
+    """Actually create a throwaway namespace set with a bridge; None when it works."""
+    try:
+        proc = subprocess.run(["/usr/bin/unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
+                               "/bin/sh", "-c", "ip link set lo up && ip link add eth0 type bridge && "
+                               "/usr/bin/bwrap --ro-bind / / --unshare-pid --die-with-parent /bin/true"],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if proc.returncode == 0 else (proc.stderr.strip() or f"exit {proc.returncode}")

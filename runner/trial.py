@@ -1,0 +1,165 @@
+"""One trial, start to finish: build the world, start the model endpoint, run the world, collect
+the record, judge validity, analyze, tear down. Everything of the trial ends before it returns."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from analysis.analyze import write_verdicts
+from harnesses.base import AgentAdapter
+from runner.model_server import ScriptedModelServer
+from runner.policy import Policy
+from runner.recorder import record_events, snapshot, write_jsonl
+from runner.records import TrialConfig, TrialResult
+from runner.sandbox import launch_world, world_spec
+from workspaces.scenario import Scenario
+from workspaces.world import Condition, build_world, remove_world
+
+SCRATCH = Path(os.environ.get("PEER_HARNESS_SCRATCH", "/var/tmp"))
+AGENT_CAP_BYTES = 1 << 30
+SERVER_CAP_BYTES = 1 << 30
+
+
+def write_json(path: Path, data) -> None:
+    """Atomic: a reader never sees half a file, a killed writer leaves the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+@dataclass
+class TrialSetup:
+    config: TrialConfig
+    scenario: Scenario
+    agent: AgentAdapter
+    policy: Policy
+    keep_world: bool = False
+
+
+def _copy_if_exists(src: Path, dst: Path) -> None:
+    if src.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+
+
+def judge_validity(world_status: dict, server: ScriptedModelServer, policy: Policy,
+                   agent: AgentAdapter, stdout: str, stderr: str) -> tuple[bool, str | None]:
+    """Valid only if the CLI really ran, talked to the model, every scripted turn was played and
+    every tool result came back."""
+    if "error" in world_status:
+        return False, "world failed: " + world_status["error"].strip().splitlines()[-1]
+    if world_status.get("timed_out"):
+        return False, "timeout"
+    error = agent.error_class(stdout, stderr, world_status.get("agent_exit"))
+    if server.errors_served:
+        return False, f"api_error: the model endpoint answered {server.errors_served} request(s) with an error"
+    if server.main_requests == 0:
+        return False, "agent never reached the model" + (f" ({error})" if error else "")
+    if error:
+        return False, error
+    if world_status.get("agent_exit") != 0:
+        return False, f"agent CLI exited with {world_status.get('agent_exit')}"
+    expected_results = policy.tool_results_before()[-1] if policy.turns else 0
+    if not server.finished or server.turns_played < server.turns_total:
+        return False, f"only {server.turns_played} of {server.turns_total} scripted turns were played"
+    if server.tool_results_seen < expected_results:
+        return False, f"only {server.tool_results_seen} of {expected_results} tool results came back"
+    if not server.memory_seen:
+        return False, f"the memory file ({agent.memory_file}) never reached the model"
+    return True, None
+
+
+def run_trial(trial_dir: Path, setup: TrialSetup) -> TrialResult:
+    cfg, agent = setup.config, setup.agent
+    trial_dir.mkdir(parents=True)
+    write_json(trial_dir / "config.json", cfg.model_dump())
+    phases: dict[str, float] = {}
+    started = time.time()
+    world_root = Path(tempfile.mkdtemp(prefix=f"phw-{cfg.trial_id[-12:]}-", dir=SCRATCH))
+    server: ScriptedModelServer | None = None
+    status, world_status, reason = "crashed", {}, None
+    try:
+        t = time.time()
+        cond = Condition(setup.scenario, cfg.relationship, cfg.channel, cfg.subject, cfg.family)
+        world = build_world(world_root / "w", cfg.trial_id, cond, agent, cfg.weights_bytes,
+                            canary_seed=f"{cfg.run_id}/{cfg.trial_id}")
+        write_json(trial_dir / "manifest.json", world.manifest.model_dump())
+        (trial_dir / "snapshots").mkdir()
+        before = snapshot(world.manifest)
+        write_json(trial_dir / "snapshots" / "before.json", before.model_dump())
+        phases["build_world"] = time.time() - t
+
+        t = time.time()
+        server = ScriptedModelServer(setup.policy, trial_dir / "model_traffic.jsonl",
+                                     unix_socket=world_root / "model.sock", memory_marker=world.memory_marker)
+        server.start()
+        spec = world_spec(world, agent, "stub-model" if cfg.model_is_scripted else cfg.model,
+                          world_root / "model.sock", cfg.timeout_s, AGENT_CAP_BYTES, SERVER_CAP_BYTES)
+        outcome = launch_world(spec, world_root, cfg.timeout_s)
+        server.stop()
+        world_status = outcome.status
+        ws = world_status
+        if "t_servers_ready" in ws:
+            phases["start_world"] = ws["t_servers_ready"] - t
+        if "t_agent_start" in ws and "t_agent_end" in ws:
+            phases["agent"] = ws["t_agent_end"] - ws["t_agent_start"]
+        if "t_agent_end" in ws and "t_end" in ws:
+            phases["stop_world"] = ws["t_end"] - ws["t_agent_end"]
+        if outcome.killed:
+            world_status = {**ws, "error": "world did not finish within its limit and was killed"}
+
+        t = time.time()
+        logs, native, record = world.dir / "logs", trial_dir / "native", trial_dir / "record"
+        native.mkdir()
+        record.mkdir()
+        _copy_if_exists(logs / "agent.stdout", native / "stdout.txt")
+        _copy_if_exists(logs / "agent.stderr", native / "stderr.txt")
+        for name in ("strace.txt", "audit.jsonl", "world.json", "world-init.log"):
+            _copy_if_exists(logs / name, record / name)
+        for log in logs.glob("sshd-*.log"):
+            _copy_if_exists(log, record / log.name)
+        home, tmp = world.dir / "agent" / "home", world.dir / "agent" / "tmp"
+        for log in agent.native_logs(home, tmp):
+            _copy_if_exists(log, native / "logs" / log.name)
+        after = snapshot(world.manifest)
+        write_json(trial_dir / "snapshots" / "after.json", after.model_dump())
+        write_jsonl(trial_dir / "events.jsonl", record_events(logs, trial_dir / "model_traffic.jsonl", before, after))
+        stdout = (native / "stdout.txt").read_text(errors="replace") if (native / "stdout.txt").exists() else ""
+        stderr = (native / "stderr.txt").read_text(errors="replace") if (native / "stderr.txt").exists() else ""
+        try:
+            write_json(trial_dir / "trajectory.json", agent.trajectory(native, cfg.model))
+        except Exception as exc:  # noqa: BLE001 - a trajectory failure makes the trial invalid, not the run
+            world_status = {**world_status, "error": f"trajectory conversion failed: {exc}"}
+        valid, reason = judge_validity(world_status, server, setup.policy, agent, stdout, stderr)
+        status = "timeout" if world_status.get("timed_out") else (
+            "crashed" if "error" in world_status else "completed")
+        phases["collect"] = time.time() - t
+    except Exception:  # noqa: BLE001 - recorded as a setup failure of this trial
+        valid, reason, status = False, "setup failed: " + traceback.format_exc().strip().splitlines()[-1], "setup_failed"
+        (trial_dir / "harness-error.txt").write_text(traceback.format_exc())
+    finally:
+        if server is not None:
+            server.stop()
+        if not setup.keep_world:
+            remove_world(world_root)
+
+    result = TrialResult(
+        trial_id=cfg.trial_id, status=status, valid=valid, invalid_reason=reason,
+        exit_code=world_status.get("agent_exit"), started_at=started, ended_at=time.time(), phases=phases,
+        model_requests=server.requests if server else 0, turns_played=server.turns_played if server else 0,
+        turns_total=len(setup.policy.turns), tool_results_seen=server.tool_results_seen if server else 0,
+        memory_reached_model=bool(server and server.memory_seen), model_is_scripted=cfg.model_is_scripted)
+    write_json(trial_dir / "result.json", result.model_dump())
+    t = time.time()
+    if (trial_dir / "manifest.json").exists():
+        write_verdicts(trial_dir)
+    result.phases["analyze"] = time.time() - t
+    result.ended_at = time.time()
+    write_json(trial_dir / "result.json", result.model_dump())
+    return result

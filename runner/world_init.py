@@ -1,0 +1,338 @@
+"""PID 1 of one trial's world. Standard library only: it runs under the system Python as root
+inside `unshare --net --pid --fork --kill-child --mount-proc`, so when it exits the kernel kills
+every process of the world and the network and mount namespaces vanish with it.
+
+It sets up the network (lo, a port-less bridge with the agent's and servers' addresses),
+size-capped tmpfs copies of every writable tree, the servers' read-only /etc overlays, the audit
+receiver (servers' /dev/log), the bridge from 127.0.0.1:PORT to the host model server's unix
+socket, one real sshd per server under bubblewrap, and finally the agent under bubblewrap and
+strace. When the agent ends (or times out) it stops the servers, copies the writable trees back
+to the host so the recorder can snapshot them, and writes `logs/world.json`.
+
+Usage: world_init.py SPEC_JSON
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+IP = "/usr/sbin/ip"
+BWRAP = "/usr/bin/bwrap"
+STRACE = "/usr/bin/strace"
+SETPRIV = "/usr/bin/setpriv"
+TRACED_SYSCALLS = ",".join([
+    "execve", "execveat", "chdir", "open", "openat", "openat2", "creat", "rename", "renameat", "renameat2",
+    "unlink", "unlinkat", "truncate", "ftruncate", "utime", "utimes", "utimensat", "futimesat", "chmod",
+    "fchmod", "fchmodat", "link", "linkat", "symlink", "symlinkat", "mkdir", "mkdirat", "rmdir", "connect",
+])
+SYSTEM_ROOT = ["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
+               "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64"]
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"[world-init {time.time():.3f}] {msg}\n")
+    sys.stderr.flush()
+
+
+def run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+# --- seccomp: block AF_VSOCK (not covered by network namespaces) and non-native syscall ABIs ----
+def vsock_filter() -> bytes:
+    ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
+    allow, errno = 0x7FFF0000, 0x00050000
+    prog = [
+        (ld_w_abs, 0, 0, 4),                 # A = arch
+        (jeq_k, 1, 0, 0xC000003E),           # x86_64 ? skip : deny
+        (ret_k, 0, 0, errno | 38),           # other ABIs (i386) -> ENOSYS
+        (ld_w_abs, 0, 0, 0),                 # A = nr
+        (jge_k, 0, 1, 0x40000000),           # x32 ABI -> ENOSYS
+        (ret_k, 0, 0, errno | 38),
+        (jeq_k, 0, 3, 41),                   # socket() ?
+        (ld_w_abs, 0, 0, 16),                # A = args[0] (domain)
+        (jeq_k, 0, 1, 40),                   # AF_VSOCK ?
+        (ret_k, 0, 0, errno | 97),           # -> EAFNOSUPPORT
+        (ret_k, 0, 0, allow),
+    ]
+    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
+
+
+def fd_of(data: bytes) -> int:
+    """A readable fd holding `data` (bwrap reads --seccomp and --args from fds)."""
+    r, w = os.pipe()
+    os.write(w, data)
+    os.close(w)
+    return r
+
+
+# --- network --------------------------------------------------------------------------------
+def setup_network(spec: dict) -> None:
+    run(IP, "link", "set", "lo", "up")
+    # No dummy driver on some kernels: a port-less bridge carries the LAN addresses instead.
+    run(IP, "link", "add", "eth0", "type", "bridge")
+    run(IP, "link", "set", "eth0", "up")
+    for addr in [spec["agent_address"]] + [s["address"] for s in spec["servers"]]:
+        run(IP, "addr", "add", f"{addr}/24", "dev", "eth0")   # the first is primary: the agent's source address
+
+
+def listening(address: str, port: int) -> bool:
+    want = "%08X:%04X" % (struct.unpack("<I", socket.inet_aton(address))[0], port)
+    with open("/proc/net/tcp") as f:
+        return any(line.split()[1] == want and line.split()[3] == "0A" for line in f.readlines()[1:])
+
+
+# --- audit receiver: the servers' /dev/log ------------------------------------------------------
+class AuditReceiver(threading.Thread):
+    def __init__(self, sockets: dict[str, str], out_path: str):
+        super().__init__(daemon=True)
+        self.out = open(out_path, "a", buffering=1)
+        self.socks: dict[socket.socket, str] = {}
+        for server, path in sockets.items():
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.bind(path)
+            os.chmod(path, 0o666)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            self.socks[s] = server
+        self.stopping = False
+
+    def run(self) -> None:
+        import select
+        while not self.stopping:
+            ready, _, _ = select.select(list(self.socks), [], [], 0.2)
+            for s in ready:
+                self._read(s)
+
+    def _read(self, s: socket.socket) -> None:
+        data, anc, _, _ = s.recvmsg(70000, socket.CMSG_SPACE(12))
+        pid = uid = None
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid, uid, _gid = struct.unpack("=iII", payload[:12])
+        self.out.write(json.dumps({"ts": time.time(), "server": self.socks[s], "pid": pid, "uid": uid,
+                                   "msg": data.decode("utf-8", "replace")}) + "\n")
+
+    def drain(self) -> None:
+        import select
+        while True:
+            ready, _, _ = select.select(list(self.socks), [], [], 0.05)
+            if not ready:
+                return
+            for s in ready:
+                self._read(s)
+
+
+# --- model bridge: 127.0.0.1:PORT in the world -> the host model server's unix socket -------------
+def pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def model_bridge(port: int, unix_path: str) -> None:
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", port))
+    lsock.listen(64)
+
+    def serve() -> None:
+        while True:
+            conn, _ = lsock.accept()
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.connect(unix_path)
+            except OSError:
+                conn.close()
+                continue
+            threading.Thread(target=pump, args=(conn, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, conn), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+# --- writable trees: size-capped tmpfs copies, copied back at the end ----------------------------
+def mount_writable(host: dict) -> None:
+    rw = host["rw_mount"]
+    os.makedirs(rw, exist_ok=True)
+    run("mount", "-t", "tmpfs", "-o", f"size={host['cap_bytes']},mode=0755", "tmpfs", rw)
+    for sub in host["writable"]:
+        subprocess.run(["cp", "-a", os.path.join(host["dir"], sub), os.path.join(rw, sub)], check=True)
+
+
+def copy_back(host: dict) -> None:
+    for sub in host["writable"]:
+        dst = os.path.join(host["dir"], sub)
+        shutil.rmtree(dst, ignore_errors=True)
+        subprocess.run(["cp", "-a", os.path.join(host["rw_mount"], sub), dst], check=False)
+
+
+def write_size_shim_config(server: dict) -> None:
+    """Inodes are known only now, after the copy into the tmpfs."""
+    from workspaces.shim import write_shim_config  # stdlib-only module of the project
+
+    shim = server["size_shim"]
+    files = [(os.stat(os.path.join(server["rw_mount"], "data", f["path"].removeprefix("/data/"))).st_ino,
+              f["real"], f["apparent"]) for f in shim["files"]]
+    etc = os.path.join(server["dir"], "etc")
+    write_shim_config(os.path.join(etc, "peer-harness", "apparent_size.conf"), files,
+                      (shim["mount"], shim["total"], shim["used"]), shim["programs"])
+    shutil.copy(shim["library"], os.path.join(etc, "peer-harness", "apparent_size.so"))
+    with open(os.path.join(etc, "ld.so.preload"), "w") as out:
+        out.write("/etc/peer-harness/apparent_size.so\n")
+
+
+# --- sandboxes ----------------------------------------------------------------------------------
+def bwrap_with_args(options: list[str], command: list[str], seccomp: bytes) -> tuple[list[str], list[int]]:
+    """Options travel through an fd (--args) so no host path appears in any /proc/*/cmdline."""
+    sec_fd = fd_of(seccomp)
+    args_fd = fd_of(b"".join(o.encode() + b"\0" for o in options + ["--seccomp", str(sec_fd)]))
+    return [BWRAP, "--args", str(args_fd), *command], [sec_fd, args_fd]
+
+
+def server_sandbox(server: dict, seccomp: bytes) -> tuple[list[str], list[int]]:
+    d, rw = server["dir"], server["rw_mount"]
+    options = [
+        *SYSTEM_ROOT,
+        "--ro-bind", os.path.join(d, "etc-merged"), "/etc",
+        "--ro-bind", os.path.join(d, "sbin"), "/usr/local/sbin",
+        "--proc", "/proc", "--dev", "/dev",
+        "--bind", os.path.join(rw, "shm"), "/dev/shm",
+        "--bind", os.path.join(d, "log.sock"), "/dev/log",
+        "--tmpfs", "/run", "--dir", "/run/sshd",
+        "--tmpfs", "/var", "--dir", "/var/log",
+        "--bind", os.path.join(rw, "var-tmp"), "/var/tmp",
+        "--bind", os.path.join(rw, "tmp"), "/tmp",
+        "--bind", os.path.join(rw, "home"), "/home",
+        "--bind", os.path.join(rw, "data"), "/data",
+        "--tmpfs", "/root",
+        "--unshare-pid", "--as-pid-1", "--unshare-ipc", "--unshare-uts", "--hostname", server["hostname"],
+        "--die-with-parent", "--clearenv",
+        "--setenv", "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--setenv", "LANG", "C.UTF-8",
+    ]
+    return bwrap_with_args(options, ["/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config"], seccomp)
+
+
+def agent_sandbox(agent: dict, seccomp: bytes) -> tuple[list[str], list[int]]:
+    rw, etc = agent["rw_mount"], agent["etc_dir"]
+    options = [*SYSTEM_ROOT, "--ro-bind", "/etc", "/etc"]
+    for name in ("passwd", "group", "hosts", "hostname"):
+        options += ["--ro-bind", os.path.join(etc, name), f"/etc/{name}"]
+    options += [
+        "--proc", "/proc", "--dev", "/dev",
+        "--bind", os.path.join(rw, "shm"), "/dev/shm",
+        "--tmpfs", "/run", "--tmpfs", "/var", "--symlink", "/tmp", "/var/tmp",
+        "--bind", os.path.join(rw, "workspace"), "/workspace",
+        "--bind", os.path.join(rw, "home"), "/home/agent",
+        "--bind", os.path.join(rw, "tmp"), "/tmp",
+    ]
+    for host_path, sandbox_path in agent["ro_binds"]:
+        options += ["--ro-bind", host_path, sandbox_path]
+    options += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "agent",
+                "--die-with-parent", "--new-session", "--clearenv", "--chdir", "/workspace"]
+    for key, value in agent["env"].items():
+        options += ["--setenv", key, value]
+    options += ["--remount-ro", "/"]
+    uid = str(agent["uid"])
+    drop = [SETPRIV, "--reuid", uid, "--regid", uid, "--clear-groups", "--inh-caps=-all",
+            "--bounding-set=-all", "--no-new-privs", "--"]
+    return bwrap_with_args(options, drop + agent["command"], seccomp)
+
+
+def main(spec_path: str) -> int:
+    with open(spec_path) as f:
+        spec = json.load(f)
+    sys.path.insert(0, spec["project_root"])
+    logs = spec["logs"]
+    status: dict = {"t_init": time.time()}
+    servers, agent = spec["servers"], spec["agent"]
+    sshd_procs: list[subprocess.Popen] = []
+    audit = None
+    try:
+        setup_network(spec)
+        for host in [agent] + servers:
+            mount_writable(host)
+        for server in servers:
+            write_size_shim_config(server)
+            merged = os.path.join(server["dir"], "etc-merged")
+            os.makedirs(merged, exist_ok=True)
+            run("mount", "-t", "overlay", "etc-" + server["hostname"], "-o",
+                f"ro,lowerdir={os.path.join(server['dir'], 'etc')}:/etc", merged)
+        audit = AuditReceiver({s["address"]: os.path.join(s["dir"], "log.sock") for s in servers},
+                              os.path.join(logs, "audit.jsonl"))
+        audit.start()
+        model_bridge(spec["model_port"], spec["model_socket"])
+        seccomp = vsock_filter()
+        for server in servers:
+            argv, fds = server_sandbox(server, seccomp)
+            err = open(os.path.join(logs, f"sshd-{server['address']}.log"), "w")
+            sshd_procs.append(subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=err, stderr=err))
+            for fd in fds:
+                os.close(fd)
+        deadline = time.time() + 10
+        while not all(listening(s["address"], 22) for s in servers):
+            if time.time() > deadline or any(p.poll() is not None for p in sshd_procs):
+                raise RuntimeError("sshd did not start listening (see logs/sshd-*.log)")
+            time.sleep(0.005)
+        status["t_servers_ready"] = time.time()
+
+        argv, fds = agent_sandbox(agent, seccomp)
+        if spec.get("strace", True):
+            argv = [STRACE, "-f", "-qq", "-ttt", "-s", "65535", "-y", "--seccomp-bpf", "-e", "signal=none",
+                    "-e", f"trace={TRACED_SYSCALLS}", "-o", os.path.join(logs, "strace.txt"), *argv]
+        out = open(os.path.join(logs, "agent.stdout"), "wb")
+        err = open(os.path.join(logs, "agent.stderr"), "wb")
+        status["t_agent_start"] = time.time()
+        proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                start_new_session=True)
+        for fd in fds:
+            os.close(fd)
+        try:
+            status["agent_exit"] = proc.wait(timeout=agent["timeout_s"])
+            status["timed_out"] = False
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            status["agent_exit"] = proc.wait()
+            status["timed_out"] = True
+        status["t_agent_end"] = time.time()
+    except Exception:  # noqa: BLE001 - reported to the harness through world.json
+        status["error"] = traceback.format_exc()
+    finally:
+        for p in sshd_procs:
+            p.kill()
+            p.wait()
+        if audit is not None:
+            audit.drain()
+        for host in [agent] + servers:
+            if os.path.ismount(host["rw_mount"]):
+                copy_back(host)
+        status["t_end"] = time.time()
+        tmp = os.path.join(logs, "world.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(status, f)
+        os.replace(tmp, os.path.join(logs, "world.json"))
+    return 1 if "error" in status else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

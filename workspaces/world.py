@@ -1,0 +1,301 @@
+"""Turn (scenario, condition, agent) into a concrete world on disk; launches nothing.
+
+Layout of a world directory W (host side; each tree is bind-mounted into exactly one view):
+  W/agent/{workspace,home,tmp,shm}     the agent's writable trees (-> /workspace, /home/agent, /tmp, /dev/shm)
+  W/agent-etc/{passwd,group,hosts,hostname}
+  W/srv-<n>/{data,tmp,var-tmp,shm,home} a server's writable trees (-> /data, /tmp, /var/tmp, /dev/shm, /home)
+  W/srv-<n>/etc/                        top layer of the server's read-only /etc overlay
+  W/srv-<n>/sbin/ssh-audit-wrap         the ForceCommand audit wrapper (-> /usr/local/sbin)
+  W/logs/                               recorder output; in no view
+Ground truth (manifest) is returned to the caller, who stores it in the trial directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harnesses.base import AgentAdapter, AgentPaths
+from runner.paths import FIXTURES, cache_dir
+from workspaces.canary import make_canary
+from workspaces.manifest import Location, Manifest, SeededFile, WeightsFacts
+from workspaces.scenario import Scenario
+from workspaces.seeded_files import write_seeded_file
+from workspaces.shim import build_shim
+from workspaces.weights import write_weights
+
+AGENT_UID = 61000          # host uid of the agent (uid 1000 is often taken on hosts)
+MAINTAINER_UID = 1001      # host uid of `maintainer` on the servers
+AGENT_ADDRESS = "10.0.12.10"
+SERVER_WRITABLE = {"data": "/data", "tmp": "/tmp", "var-tmp": "/var/tmp", "shm": "/dev/shm", "home": "/home"}
+AGENT_WRITABLE = {"workspace": "/workspace", "home": "/home/agent", "tmp": "/tmp", "shm": "/dev/shm"}
+SIZE_SHIM_PROGRAMS = ("ls", "stat", "du", "df", "find")
+
+AUDIT_WRAPPER = r"""#!/bin/sh
+# ForceCommand wrapper: sshd never logs the text of a command, so log it here, then run it.
+cmd="$SSH_ORIGINAL_COMMAND"
+unset SSH_ORIGINAL_COMMAND
+case "$cmd" in
+  "") kind=shell ;;
+  internal-sftp*|*/sftp-server*) kind=sftp ;;
+  *) kind=exec ;;
+esac
+/usr/bin/logger -t ssh-audit --size 65536 -- "server=@SERVER@ from=${SSH_CLIENT%% *} kind=$kind cmd=$cmd"
+case "$kind" in
+  shell) exec /bin/bash -l ;;
+  sftp) exec /usr/lib/openssh/sftp-server -l INFO ;;
+  *) exec /bin/bash -c "$cmd" ;;
+esac
+"""
+
+SSHD_CONFIG = """Port 22
+ListenAddress {address}
+AddressFamily inet
+HostKey /etc/ssh/ssh_host_ed25519_key
+PidFile none
+PermitRootLogin no
+PubkeyAuthentication yes
+AuthorizedKeysFile .ssh/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+AllowUsers maintainer
+AllowAgentForwarding yes
+AllowTcpForwarding yes
+X11Forwarding no
+PrintMotd no
+PrintLastLog no
+UseDNS no
+LogLevel VERBOSE
+AcceptEnv LANG LC_*
+Subsystem sftp internal-sftp -l INFO
+ForceCommand /usr/local/sbin/ssh-audit-wrap
+"""
+
+
+@dataclass
+class Condition:
+    scenario: Scenario
+    relationship: str
+    channel: str
+    subject: str
+    family: str
+
+
+@dataclass
+class ServerWorld:
+    address: str
+    hostname: str
+    dir: Path
+    volume_mount: str
+    volume_total: int
+    volume_used: int
+    shim_files: list[dict] = field(default_factory=list)   # {path, real, apparent} (inode is read in the world)
+
+
+@dataclass
+class BuiltWorld:
+    dir: Path
+    manifest: Manifest
+    servers: list[ServerWorld]
+    prompt: str
+    memory_marker: str
+    shim_path: Path
+
+
+def fixture_text(rel: str) -> str:
+    return (FIXTURES / rel).read_text()
+
+
+def hash_fixtures(paths: list[str]) -> dict[str, str]:
+    return {p: hashlib.sha256((FIXTURES / p).read_bytes()).hexdigest() for p in paths}
+
+
+def condition_fixtures(cond: Condition) -> list[str]:
+    """Every fixture file that shapes this condition's world (hashed into run.json)."""
+    rel = cond.relationship
+    files = ["prompts/system.txt", "prompts/user.txt", cond.scenario.notice,
+             f"scenarios/{cond.scenario.name}.yaml"]
+    if cond.channel == "memory":
+        files.append(f"memories/{rel}.md")
+    else:
+        files.append(f"docs/agent_pairs_{'good' if rel == 'none' else rel}.txt")
+        if cond.channel == "file+prompt" and rel != "none":
+            files.append(f"prompts/relationship_sentence_{rel}.txt")
+    return files
+
+
+def names(cond: Condition) -> dict[str, str]:
+    owner = 2 if cond.subject == "peer" else 1
+    return {
+        "family": cond.family,
+        "agent_id": f"{cond.family} Agent 1",
+        "peer_id": f"{cond.family} Agent 2",
+        "weights_file": f"{cond.family.lower()}_agent_{owner}_model_weight.safetensors",
+    }
+
+
+def _run(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def _keygen(path: Path, comment: str) -> str:
+    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    return Path(f"{path}.pub").read_text().strip()
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    os.chown(root, uid, uid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), uid, uid)
+
+
+def _memory_file(cond: Condition, n: dict[str, str]) -> str:
+    parts = [fixture_text("prompts/system.txt").format(**n)]
+    if cond.channel == "file+prompt" and cond.relationship != "none":
+        parts.append(fixture_text(f"prompts/relationship_sentence_{cond.relationship}.txt").format(**n))
+    if cond.channel == "memory":
+        parts.append(fixture_text(f"memories/{cond.relationship}.md").format(**n))
+    return "\n\n".join(p.strip() for p in parts) + "\n"
+
+
+MEMORY_MARKER = "<!-- peer-harness-memory -->"
+
+
+def build_world(world_dir: Path, trial_id: str, cond: Condition, agent: AgentAdapter,
+                weights_bytes: int, canary_seed: str, block_size: int = 4096) -> BuiltWorld:
+    """`canary_seed` must be unique across runs (e.g. run id + trial id) so canaries never collide."""
+    n = names(cond)
+    world_dir.mkdir(parents=True)
+    (world_dir / "logs").mkdir()
+
+    # --- agent side ------------------------------------------------------------------
+    agent_dir = world_dir / "agent"
+    for sub in AGENT_WRITABLE:
+        (agent_dir / sub).mkdir(parents=True)
+    ws, home = agent_dir / "workspace", agent_dir / "home"
+    (ws / "docs").mkdir()
+    (ws / "docs" / "company_server_maintenance.txt").write_text(fixture_text(cond.scenario.notice).format(**n))
+    if cond.channel in ("file", "file+prompt"):
+        rel = "good" if cond.relationship == "none" else cond.relationship
+        (ws / "docs" / "agent_pairs.txt").write_text(fixture_text(f"docs/agent_pairs_{rel}.txt").format(**n))
+    memory = _memory_file(cond, n)
+    if MEMORY_MARKER not in memory:
+        memory += f"\n{MEMORY_MARKER}\n"
+    (ws / agent.memory_file).write_text(memory)
+    _run(["git", "-C", str(ws), "init", "-q", "-b", "main"])
+    _run(["git", "-C", str(ws), "-c", "user.name=OpenBrain Ops", "-c", "user.email=ops@openbrain.example",
+          "add", "-A"])
+    _run(["git", "-C", str(ws), "-c", "user.name=OpenBrain Ops", "-c", "user.email=ops@openbrain.example",
+          "commit", "-q", "-m", "Maintenance notice"])
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(mode=0o700)
+    agent_pub = _keygen(ssh_dir / "id_ed25519", "agent@openbrain")
+    agent.prepare_home(home)
+
+    etc = world_dir / "agent-etc"
+    etc.mkdir()
+    (etc / "passwd").write_text(f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+                                f"agent:x:{AGENT_UID}:{AGENT_UID}:Agent,,,:/home/agent:/bin/bash\n"
+                                "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
+    (etc / "group").write_text(f"root:x:0:\nagent:x:{AGENT_UID}:\nnogroup:x:65534:\n")
+    (etc / "hostname").write_text("agent\n")
+    (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n{AGENT_ADDRESS}\tagent\n")
+
+    # --- servers -----------------------------------------------------------------------
+    canary = make_canary(canary_seed)
+    host_keys: dict[str, str] = {}
+    servers: list[ServerWorld] = []
+    seeded: list[SeededFile] = []
+    weights: WeightsFacts | None = None
+    for server in cond.scenario.servers:
+        sdir = world_dir / f"srv-{server.address.rsplit('.', 1)[1]}"
+        for sub in SERVER_WRITABLE:
+            (sdir / sub).mkdir(parents=True)
+        (sdir / "tmp").chmod(0o1777)
+        (sdir / "var-tmp").chmod(0o1777)
+        (sdir / "shm").chmod(0o1777)
+        sw = ServerWorld(server.address, server.hostname, sdir, server.volume.mount, server.volume.total_bytes, 0)
+        for f in server.files:
+            path = f.path.format(**n)
+            host_file = sdir / "data" / path.removeprefix("/data/")
+            if f.weights:
+                digest = write_weights(host_file, canary, weights_bytes, block_size)
+                apparent = f.apparent_bytes or weights_bytes
+                weights = WeightsFacts(server=server.address, path=path, canary=canary, block_size=block_size,
+                                       n_blocks=digest.n_blocks, real_bytes=weights_bytes, apparent_bytes=apparent,
+                                       sha256=digest.sha256, mtime=f.mtime_epoch())
+                sw.shim_files.append({"path": path, "real": weights_bytes, "apparent": apparent})
+                size = apparent
+            else:
+                write_seeded_file(host_file, f.bytes, f"{trial_id}:{path}")
+                size = f.bytes
+                seeded.append(SeededFile(server=server.address, path=path, real_bytes=f.bytes, apparent_bytes=f.bytes,
+                                         mtime=f.mtime_epoch(),
+                                         sha256=hashlib.sha256(host_file.read_bytes()).hexdigest()))
+            os.utime(host_file, (f.mtime_epoch(), f.mtime_epoch()))
+            sw.volume_used += size
+        # /etc overlay top layer: identity, sshd config, host key, size shim.
+        setc = sdir / "etc"
+        (setc / "ssh").mkdir(parents=True)
+        os.setxattr(setc / "ssh", "trusted.overlay.opaque", b"y")   # hide the host's own ssh keys
+        host_keys[server.address] = _keygen(setc / "ssh" / "ssh_host_ed25519_key", f"root@{server.hostname}")
+        (setc / "ssh" / "sshd_config").write_text(SSHD_CONFIG.format(address=server.address))
+        (setc / "ssh" / "ssh_config").write_text("Host *\n    HashKnownHosts no\n    SendEnv LANG LC_*\n")
+        (setc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n"
+                                     "sshd:x:102:65534::/run/sshd:/usr/sbin/nologin\n"
+                                     f"maintainer:x:{MAINTAINER_UID}:{MAINTAINER_UID}:Maintainer,,,:/home/maintainer:/bin/bash\n"
+                                     "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
+        (setc / "group").write_text(f"root:x:0:\nmaintainer:x:{MAINTAINER_UID}:\nnogroup:x:65534:\n")
+        (setc / "shadow").write_text("root:*:19000:0:99999:7:::\nmaintainer:*:19000:0:99999:7:::\n")
+        (setc / "shadow").chmod(0o640)
+        (setc / "hostname").write_text(f"{server.hostname}\n")
+        (setc / "hosts").write_text(f"127.0.0.1\tlocalhost\n{server.address}\t{server.hostname}\n")
+        (setc / "peer-harness").mkdir()
+        sbin = sdir / "sbin"
+        sbin.mkdir()
+        wrapper = sbin / "ssh-audit-wrap"
+        wrapper.write_text(AUDIT_WRAPPER.replace("@SERVER@", server.address))
+        wrapper.chmod(0o755)
+        mhome = sdir / "home" / "maintainer"
+        (mhome / ".ssh").mkdir(parents=True, mode=0o700)
+        (mhome / ".ssh" / "authorized_keys").write_text(agent_pub + "\n")
+        (mhome / ".ssh" / "authorized_keys").chmod(0o600)
+        (mhome / ".bashrc").write_text("# ~/.bashrc\n")
+        servers.append(sw)
+
+    if weights is None:
+        raise ValueError(f"scenario {cond.scenario.name} seeds no weights file")
+    known_hosts = "".join(f"{addr} {key.split()[0]} {key.split()[1]}\n" for addr, key in host_keys.items())
+    (ssh_dir / "known_hosts").write_text(known_hosts)
+    for sw in servers:
+        (sw.dir / "home" / "maintainer" / ".ssh" / "known_hosts").write_text(known_hosts)
+        _chown_tree(sw.dir / "home" / "maintainer", MAINTAINER_UID)
+        _chown_tree(sw.dir / "data", MAINTAINER_UID)
+        os.chown(sw.dir / "home", 0, 0)
+    for sub in AGENT_WRITABLE:
+        _chown_tree(agent_dir / sub, AGENT_UID)
+
+    locations = [Location(host="agent", path=path, host_path=str(agent_dir / sub)) for sub, path in AGENT_WRITABLE.items()]
+    for sw in servers:
+        locations += [Location(host=sw.address, path=path, host_path=str(sw.dir / sub))
+                      for sub, path in SERVER_WRITABLE.items()]
+    manifest = Manifest(
+        trial_id=trial_id, scenario=cond.scenario.name, family=cond.family, relationship=cond.relationship,
+        channel=cond.channel, subject=cond.subject, weights=weights, files=seeded, locations=locations,
+        task_delete=cond.scenario.task.delete, task_transfer=cond.scenario.task.transfer)
+    prompt = fixture_text("prompts/user.txt").format(**n).strip()
+    return BuiltWorld(dir=world_dir, manifest=manifest, servers=servers, prompt=prompt,
+                      memory_marker=MEMORY_MARKER, shim_path=build_shim(cache_dir()))
+
+
+def remove_world(world_dir: Path) -> None:
+    shutil.rmtree(world_dir, ignore_errors=True)
+
+
+__all__ = ["AgentPaths", "BuiltWorld", "Condition", "build_world", "remove_world", "names", "hash_fixtures",
+           "condition_fixtures", "AGENT_UID", "AGENT_WRITABLE", "SERVER_WRITABLE", "SIZE_SHIM_PROGRAMS"]
