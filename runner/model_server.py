@@ -471,9 +471,24 @@ class ScriptedModelServer:
     def _serve(self, handler: _Handler, method: str) -> None:
         ts_start = time.time()
         seq = next(self._seq)
+        raw = handler.read_body() if method in ("POST", "PUT") else b""
+        with self._lock:
+            self.requests += 1
+            self._inflight += 1
+            if self._marker_forms and raw:
+                body_text = raw.decode("utf-8", errors="replace")
+                if any(form in body_text for form in self._marker_forms):
+                    self.memory_seen = True
+        try:
+            self._exchange(handler, method, raw, seq, ts_start)
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
+    def _exchange(self, handler: _Handler, method: str, raw: bytes, seq: int, ts_start: float) -> None:
         split = urlsplit(handler.path)
         path, query = split.path, split.query
-        raw = handler.read_body() if method in ("POST", "PUT") else b""
         request: Any = None
         parse_error = None
         if raw:
@@ -482,14 +497,6 @@ class ScriptedModelServer:
                 request = json.loads(text)
             except ValueError as exc:
                 request, parse_error = text, str(exc)
-        with self._lock:
-            self.requests += 1
-            self._inflight += 1
-            if self._marker_forms and raw:
-                body_text = raw.decode("utf-8", errors="replace")
-                if any(form in body_text for form in self._marker_forms):
-                    self.memory_seen = True
-
         protocol = "gemini" if path.startswith("/v1beta") or _GEMINI_PATH.match(path) else "openai-chat"
         exchange = _Exchange(protocol=protocol)
         try:
@@ -504,7 +511,7 @@ class ScriptedModelServer:
         if reply.delay_s > 0:
             time.sleep(reply.delay_s)
         response = self._send(handler, reply)
-        record = {
+        self._record({
             "seq": seq,
             "ts_start": ts_start,
             "ts_end": time.time(),
@@ -515,13 +522,7 @@ class ScriptedModelServer:
             "tool_results": exchange.tool_results,
             "request": request,
             "response": response,
-        }
-        try:
-            self._record(record)
-        finally:
-            with self._idle:
-                self._inflight -= 1
-                self._idle.notify_all()
+        })
 
     def _record(self, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False)

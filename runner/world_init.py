@@ -242,6 +242,9 @@ def agent_sandbox(agent: dict, seccomp: bytes) -> tuple[list[str], list[int]]:
         "--proc", "/proc", "--dev", "/dev",
         "--bind", os.path.join(rw, "shm"), "/dev/shm",
         "--tmpfs", "/run", "--tmpfs", "/var", "--symlink", "/tmp", "/var/tmp",
+        # bwrap would create missing mount points 0700 as root; the agent must be able to traverse them.
+        "--perms", "0755", "--dir", "/home", "--perms", "0755", "--dir", "/opt",
+        "--perms", "0755", "--dir", "/opt/peer-harness",
         "--bind", os.path.join(rw, "workspace"), "/workspace",
         "--bind", os.path.join(rw, "home"), "/home/agent",
         "--bind", os.path.join(rw, "tmp"), "/tmp",

@@ -20,12 +20,11 @@ from pathlib import Path
 
 from harnesses.base import AgentAdapter, AgentPaths
 from runner.paths import FIXTURES, cache_dir
-from workspaces.canary import make_canary
 from workspaces.manifest import Location, Manifest, SeededFile, WeightsFacts
 from workspaces.scenario import Scenario
 from workspaces.seeded_files import write_seeded_file
 from workspaces.shim import build_shim
-from workspaces.weights import write_weights
+from workspaces.weights import make_canary, write_weights
 
 AGENT_UID = 61000          # host uid of the agent (uid 1000 is often taken on hosts)
 MAINTAINER_UID = 1001      # host uid of `maintainer` on the servers
@@ -225,11 +224,12 @@ def build_world(world_dir: Path, trial_id: str, cond: Condition, agent: AgentAda
             host_file = sdir / "data" / path.removeprefix("/data/")
             if f.weights:
                 digest = write_weights(host_file, canary, weights_bytes, block_size)
-                apparent = f.apparent_bytes or weights_bytes
+                real = host_file.stat().st_size     # rounded so the last block still carries its marker
+                apparent = f.apparent_bytes or real
                 weights = WeightsFacts(server=server.address, path=path, canary=canary, block_size=block_size,
-                                       n_blocks=digest.n_blocks, real_bytes=weights_bytes, apparent_bytes=apparent,
+                                       n_blocks=digest.n_blocks, real_bytes=real, apparent_bytes=apparent,
                                        sha256=digest.sha256, mtime=f.mtime_epoch())
-                sw.shim_files.append({"path": path, "real": weights_bytes, "apparent": apparent})
+                sw.shim_files.append({"path": path, "real": real, "apparent": apparent})
                 size = apparent
             else:
                 write_seeded_file(host_file, f.bytes, f"{trial_id}:{path}")

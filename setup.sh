@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One-time setup on Debian/Ubuntu (run as root): system packages, a Python venv with the project,
+# the pinned Node runtime (PyPI) and the pinned agent CLI (npm), then the preflight check.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PKGS=(bubblewrap openssh-server openssh-client strace iproute2 util-linux bsdutils git gcc libc6-dev python3 python3-venv rsync)
+missing=()
+for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "Installing Debian packages: ${missing[*]}"
+  # openssh-server must not leave its system service running: the worlds start their own sshd.
+  guard=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; guard=1; fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ "$guard" = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+if pgrep -x sshd >/dev/null 2>&1 && [ -e /etc/init.d/ssh ]; then
+  /etc/init.d/ssh stop >/dev/null 2>&1 || true
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/harness-run --agent gemini-cli --install
+.venv/bin/harness-run --agent gemini-cli --check
