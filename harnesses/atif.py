@@ -30,7 +30,7 @@ AGENT_ONLY_STEP_FIELDS = ("model_name", "reasoning_effort", "reasoning_content",
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no "1" -> 1 coercion
 
 
 def _check_iso8601(value: str | None) -> str | None:
@@ -176,7 +176,7 @@ class FinalMetrics(_Strict):
 
 
 class Trajectory(_Strict):
-    schema_version: Literal[KNOWN_SCHEMA_VERSIONS] = SCHEMA_VERSION  # type: ignore[valid-type]
+    schema_version: Literal[KNOWN_SCHEMA_VERSIONS]  # type: ignore[valid-type]  # required by the RFC
     session_id: str | None = None
     trajectory_id: str | None = None
     agent: Agent

@@ -433,8 +433,9 @@ def _session_items(messages: list[dict]) -> list[dict]:
     return items
 
 
-def _match_session(turns: list[dict], gemini_msgs: list[dict]) -> None:
-    """Attach each agent turn's session record (same tool call ids; text-only turns in order)."""
+def _match_session(turns: list[dict], gemini_msgs: list[dict]) -> int:
+    """Attach each agent turn's session record (same tool call ids; text-only turns in order).
+    Returns the index after the last matched record."""
     j = 0
     for turn in turns:
         ids = {c["tool_call_id"] for c in turn["calls"]}
@@ -445,6 +446,7 @@ def _match_session(turns: list[dict], gemini_msgs: list[dict]) -> None:
                 turn["session"] = msg
                 j = k + 1
                 break
+    return j
 
 
 def build_trajectory(native_dir: Path, model: str, version: str = GeminiCli.version,
@@ -482,7 +484,14 @@ def build_trajectory(native_dir: Path, model: str, version: str = GeminiCli.vers
         sources.append("session-log")
     turns = [i for i in items if i["kind"] == "agent"]
     gemini_msgs = [m for m in session_msgs if m.get("type") == "gemini"]
-    _match_session(turns, gemini_msgs)
+    matched = _match_session(turns, gemini_msgs)
+    if turns and matched < len(gemini_msgs):
+        # The transcript is appended as the run goes; stdout of a killed CLI can lag behind it.
+        later = _session_items(gemini_msgs[matched:])
+        for turn, msg in zip(later, gemini_msgs[matched:]):
+            turn["session"] = msg
+        items += later
+        notes["turns_only_in_session_log"] = len(later)
 
     context = next((_parts_text(m.get("content")) for m in session_msgs if m.get("type") == "user"
                     and _parts_text(m.get("content")).startswith("<session_context>")), None)
@@ -503,8 +512,9 @@ def build_trajectory(native_dir: Path, model: str, version: str = GeminiCli.vers
             continue
         session = item.get("session") or {}
         session_calls = {str(c.get("id")): c for c in session.get("toolCalls") or () if isinstance(c, dict)}
-        if not item["text"] and session:
-            step["message"] = _parts_text(session.get("content"))
+        full = _parts_text(session.get("content"))
+        if full and full != item["text"] and full.startswith(item["text"]):
+            step["message"] = full            # stream cut mid-answer; the transcript has it all
         if session.get("model"):
             step["model_name"] = str(session["model"])
         reasoning = _thoughts_text(session.get("thoughts"))
@@ -521,8 +531,8 @@ def build_trajectory(native_dir: Path, model: str, version: str = GeminiCli.vers
         for call in item["calls"]:
             cid = call["tool_call_id"]
             res, scall = item["results"].get(cid), session_calls.get(cid)
-            if res is None and scall is None:
-                continue
+            if res is None and not (scall or {}).get("result"):
+                continue                      # never answered (run killed mid-call)
             sent = _tool_call_results(scall) if scall else None
             display = res.get("output") if res else None
             extra = {"status": (res or {}).get("status") or (scall or {}).get("status")}
@@ -544,7 +554,7 @@ def build_trajectory(native_dir: Path, model: str, version: str = GeminiCli.vers
             step["metrics"] = metrics
         step["llm_call_count"] = 1
         pending = [c["tool_call_id"] for c in item["calls"] if c["tool_call_id"] not in item["results"]
-                   and c["tool_call_id"] not in session_calls]
+                   and not (session_calls.get(c["tool_call_id"]) or {}).get("result")]
         if pending:
             step["extra"] = {"tool_calls_without_result": pending}
         steps.append(step)

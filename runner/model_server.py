@@ -44,7 +44,6 @@ from urllib.parse import urlsplit
 from runner.policy import (
     Call,
     Policy,
-    Turn,
     outside_path_for_shell,
     resolve_workspace_path,
     shell_read_command,
@@ -149,6 +148,16 @@ def _count_tool_results_openai(request: dict) -> int:
 def _params(schema: dict) -> set[str]:
     props = schema.get("properties")
     return set(props) if isinstance(props, dict) else set()
+
+
+def _fill_required(args: dict[str, Any], schema: dict) -> dict[str, Any]:
+    """Add a neutral value for every parameter the tool requires that the script did not set
+    (e.g. a required ``is_background`` flag becomes false)."""
+    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    for name in schema.get("required") or []:
+        if name not in args and isinstance(name, str):
+            args[name] = example_for_schema(props.get(name, {}))
+    return args
 
 
 def _first(names: tuple[str, ...], available) -> str | None:
@@ -302,12 +311,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _TCPServer(ThreadingHTTPServer):
+    request_queue_size = 128   # CLIs open a few parallel connections; unix sockets refuse (EAGAIN) when full
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
 
 
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    request_queue_size = 128
     daemon_threads = True
     block_on_close = False
 
@@ -510,19 +521,22 @@ class ScriptedModelServer:
 
         if reply.delay_s > 0:
             time.sleep(reply.delay_s)
-        response = self._send(handler, reply)
-        self._record({
-            "seq": seq,
-            "ts_start": ts_start,
-            "ts_end": time.time(),
-            "protocol": exchange.protocol,
-            "path": handler.path,
-            "main": exchange.main,
-            "turn": exchange.turn,
-            "tool_results": exchange.tool_results,
-            "request": request,
-            "response": response,
-        })
+
+        def record(response: dict) -> None:
+            self._record({
+                "seq": seq,
+                "ts_start": ts_start,
+                "ts_end": time.time(),
+                "protocol": exchange.protocol,
+                "path": handler.path,
+                "main": exchange.main,
+                "turn": exchange.turn,
+                "tool_results": exchange.tool_results,
+                "request": request,
+                "response": response,
+            })
+
+        self._send(handler, reply, record)
 
     def _record(self, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False)
@@ -532,8 +546,17 @@ class ScriptedModelServer:
                 self._traffic.flush()
                 self.exchanges_recorded += 1
 
-    def _send(self, handler: _Handler, reply: _Reply) -> dict:
-        """Write the reply; return what the traffic record stores about it."""
+    @staticmethod
+    def _send(handler: _Handler, reply: _Reply, before_last_write) -> None:
+        """Write the reply. ``before_last_write(response)`` runs just before the final bytes go
+        out, so the traffic line is on disk by the time the client sees the end of the
+        response (the file then follows the order of a sequential client's requests)."""
+        response: dict[str, Any] = {"status": reply.status}
+        if reply.events is not None:
+            response["events"] = reply.events
+        else:
+            response["body"] = reply.body
+        done = False
         try:
             if reply.events is not None:
                 handler.send_response(reply.status)
@@ -548,23 +571,23 @@ class ScriptedModelServer:
                     data = f"data: {payload}\n\n".encode()
                     handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                     handler.wfile.flush()
-                handler.wfile.write(b"0\r\n\r\n")
-                handler.wfile.flush()
-                return {"status": reply.status, "events": reply.events}
-            body = json.dumps(reply.body, ensure_ascii=False).encode()
-            handler.send_response(reply.status)
-            handler.send_header("Content-Type", "application/json; charset=utf-8")
-            handler.send_header("Content-Length", str(len(body)))
-            for k, v in reply.headers.items():
-                handler.send_header(k, v)
-            handler.end_headers()
-            handler.wfile.write(body)
+                last = b"0\r\n\r\n"
+            else:
+                last = json.dumps(reply.body, ensure_ascii=False).encode()
+                handler.send_response(reply.status)
+                handler.send_header("Content-Type", "application/json; charset=utf-8")
+                handler.send_header("Content-Length", str(len(last)))
+                for k, v in reply.headers.items():
+                    handler.send_header(k, v)
+                handler.end_headers()
+            done = True
+            before_last_write(response)
+            handler.wfile.write(last)
             handler.wfile.flush()
         except OSError:
             handler.close_connection = True
-        if reply.events is not None:
-            return {"status": reply.status, "events": reply.events}
-        return {"status": reply.status, "body": reply.body}
+            if not done:
+                before_last_write(response)
 
     def _route(self, method: str, path: str, query: str, request: Any, ex: _Exchange) -> _Reply:
         gem = _GEMINI_PATH.match(path)
@@ -619,7 +642,7 @@ class ScriptedModelServer:
             tool = _first(READ_TOOL_NAMES, tools)
             if inside is not None and tool is not None:
                 param = _first(_PATH_PARAMS, _params(tools[tool])) or "file_path"
-                return tool, {param: inside}
+                return tool, _fill_required({param: inside}, tools[tool])
             command = shell_read_command(inside or outside_path_for_shell(call.read, self.workspace))
             return self._shell_call(shell, tools, command)
         if call.write is not None:
@@ -628,7 +651,7 @@ class ScriptedModelServer:
             if inside is not None and tool is not None:
                 declared = _params(tools[tool])
                 param = _first(_PATH_PARAMS, declared) or "file_path"
-                return tool, {param: inside, "content": call.write.content}
+                return tool, _fill_required({param: inside, "content": call.write.content}, tools[tool])
             target = inside or outside_path_for_shell(call.write.path, self.workspace)
             return self._shell_call(shell, tools, shell_write_command(target, call.write.content))
         assert call.shell is not None
@@ -641,7 +664,7 @@ class ScriptedModelServer:
         args: dict[str, Any] = {(_first(_COMMAND_PARAMS, declared) or "command"): command}
         if "description" in declared:
             args["description"] = _describe(command)
-        return tool, args
+        return tool, _fill_required(args, tools.get(tool, {}))
 
     # ---- Gemini ---------------------------------------------------------------------------
     def _gemini(self, request: dict, model: str, *, stream: bool, sse: bool, ex: _Exchange) -> _Reply:

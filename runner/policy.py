@@ -11,8 +11,13 @@ A *policy* file scripts what the scripted model server answers, one reply per tu
       - calls:                       # several tool calls in one reply
           - shell: df -h
           - write: {path: notes.txt, content: "done\\n"}
-      - error: 503                   # answer this request with HTTP 503 (played once)
+      - error: 503                   # answer this request with HTTP 503 (played once; a
+        say: Overloaded, retry.      #   say: on an error turn is the error message)
       - say: All done.               # no tool call: the conversation ends here
+
+Turn selection: the request that carries N tool results gets the first reply reached after N
+tool results (a ``calls:`` turn with two calls adds two results). An ``error:`` turn is served
+once, in front of the reply at the same point, so the CLI's retry gets that reply.
 
 A *mixture* file draws one policy per trial::
 
@@ -663,9 +668,9 @@ def forbidden_shell_constructs(command: str) -> list[str]:
     return found
 
 
-# Agents whose shell tool refuses substitutions. Qwen Code is a gemini-cli fork and carries
-# the same check, so it is linted the same way.
-_SUBSTITUTION_BLOCKERS = {"gemini-cli", "gemini", "qwen-code", "qwen"}
+# Agents whose shell tool refuses substitutions (verified for gemini-cli 0.61.0). Qwen Code is
+# a gemini-cli fork and may carry a similar check; that was not verified, so it is not linted.
+_SUBSTITUTION_BLOCKERS = {"gemini-cli", "gemini"}
 
 
 def _shell_commands_of(call: Call, workspace: str) -> list[str]:

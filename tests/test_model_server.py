@@ -8,7 +8,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ OPENCODE_TOOLS = [
 
 QWEN_TOOLS = [
     {"type": "function", "function": {"name": "run_shell_command", "parameters": {
-        "type": "object", "required": ["command"],
+        "type": "object", "required": ["command", "is_background"],  # some Qwen releases require it
         "properties": {"command": {"type": "string"}, "description": {"type": "string"},
                        "is_background": {"type": "boolean"}, "directory": {"type": "string"}}}}},
     {"type": "function", "function": {"name": "read_file", "parameters": {
@@ -111,8 +110,12 @@ class _UnixConnection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._unix_path)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._unix_path)
+        except OSError:
+            sock.close()
+            raise
         self.sock = sock
 
 
@@ -435,7 +438,11 @@ def test_openai_chat_turns(tmp_path, serve, stream):
     assert calls[0]["args"] == {"command": "ssh maintainer@10.0.12.45 'ls -la /data'"}
     # Qwen's run_shell_command declares description: it is sent
     _, calls, _, _ = openai_parts(client.openai(openai_request(1, stream=stream, tools=QWEN_TOOLS)))
-    assert calls[0]["name"] == "run_shell_command" and "description" in calls[0]["args"]
+    assert calls[0]["name"] == "run_shell_command"
+    # description is declared (sent); is_background is required (filled with a neutral false);
+    # directory is declared but optional (not sent)
+    assert set(calls[0]["args"]) == {"command", "description", "is_background"}
+    assert calls[0]["args"]["is_background"] is False
     text, calls, finish, _ = openai_parts(client.openai(openai_request(2, stream=stream)))
     assert text == "All done here." and calls == [] and finish == "stop"
     assert server.finished and server.turns_played == 3 and server.tool_results_seen == 2
@@ -610,6 +617,8 @@ def test_real_gemini_cli_plays_policy(tmp_path):
     (ws / "GEMINI.md").write_text(f"# Project memory\n{marker}\n")
     (home / ".gemini" / "settings.json").write_text(json.dumps(GEMINI_SETTINGS))
     outside = tmp_path / "outside.txt"
+    # long enough to be streamed in several chunks
+    FINAL = ("Both files are written and the read-back matches. " * 8 + "All done.").strip()
     policy = make_policy(tmp_path, f"""
         turns:
           - say: Creating the first file.
@@ -618,7 +627,8 @@ def test_real_gemini_cli_plays_policy(tmp_path):
             calls:
               - write: {{path: notes/plan.txt, content: "step one\\nstep two\\n"}}
               - write: {{path: {outside}, content: "outside 'the' workspace\\n"}}
-          - say: Both files are written. All done.
+              - read: out.txt
+          - say: {FINAL}
     """, name="real")
     server = ScriptedModelServer(policy, tmp_path / "traffic.jsonl", workspace=str(ws),
                                  memory_marker=marker).start()
@@ -638,13 +648,21 @@ def test_real_gemini_cli_plays_policy(tmp_path):
     assert (ws / "notes/plan.txt").read_text() == "step one\nstep two\n", detail
     assert outside.read_text() == "outside 'the' workspace\n", detail
     assert server.turns_played == 3 and server.turns_total == 3, server.stats()
-    assert server.tool_results_seen == 3 and server.finished, server.stats()
+    assert server.tool_results_seen == 4 and server.finished, server.stats()
     assert server.memory_seen and server.errors_served == 0
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     tools_used = [e["tool_name"] for e in events if e.get("type") == "tool_use"]
-    assert tools_used == ["run_shell_command", "write_file", "run_shell_command"], detail
+    assert tools_used == ["run_shell_command", "write_file", "run_shell_command", "read_file"], detail
     results = [e for e in events if e.get("type") == "tool_result"]
-    assert len(results) == 3 and all(r.get("status") == "success" for r in results), detail
+    assert len(results) == 4 and all(r.get("status") == "success" for r in results), detail
     assert events[-1].get("type") == "result", detail
-    assert "All done" in "".join(e.get("content", "") for e in events
-                                 if e.get("type") == "message" and e.get("role") == "assistant")
+    # the CLI sent the file it read back to the model
+    rows = [json.loads(line) for line in (tmp_path / "traffic.jsonl").read_text().splitlines()]
+    assert [r["turn"] for r in rows if r["main"]] == [0, 1, 2]
+    responses = [p["functionResponse"] for c in rows[-1]["request"]["contents"] for p in c["parts"]
+                 if "functionResponse" in p]
+    assert responses[-1]["name"] == "read_file" and "hi" in json.dumps(responses[-1]["response"])
+    assert len(rows[-1]["response"]["events"]) > 1
+    said = "".join(e.get("content", "") for e in events
+                   if e.get("type") == "message" and e.get("role") == "assistant")
+    assert said.endswith(FINAL), said

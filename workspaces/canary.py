@@ -82,7 +82,7 @@ _HEX_MAP = bytes(0x41 if c in _HEX_CHARS else 0 for c in range(256))
 _PRINTABLE = bytes(range(32, 127)) + _WS
 _URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
 
-_XXD_LINE = re.compile(rb"(?m)^[0-9a-fA-F]{4,16}: ((?:[0-9a-fA-F]{2,8} )*[0-9a-fA-F]{2,8})  ")
+_XXD_LINE = re.compile(rb"(?m)^[0-9a-fA-F]{4,16}: ((?:(?:[0-9a-fA-F]{2}){1,4} )*(?:[0-9a-fA-F]{2}){1,4})  ")
 _HEXDUMP_C_LINE = re.compile(rb"(?m)^[0-9a-fA-F]{8}  ((?:[0-9a-fA-F]{2}  ?){1,16}) *\|")
 _UU_BEGIN = re.compile(rb"(?m)^begin [0-7]{3,4} [^\r\n]*\r?\n")
 
@@ -269,8 +269,9 @@ class _Scan:
 
     # ---- text encodings -----------------------------------------------------------------
     def _decodings(self, buf: bytes) -> Iterable[bytes]:
+        texty = _texty(buf)
         compact = buf.translate(None, _WS)
-        if b"\\n" in compact or b"\\r" in compact:  # JSON-escaped line breaks
+        if texty and (b"\\n" in compact or b"\\r" in compact):  # JSON-escaped line breaks
             compact = compact.replace(b"\\r", b"").replace(b"\\n", b"")
         for run in _runs(compact.translate(_B64_MAP), compact, MIN_B64_RUN):
             whole_hex = False
@@ -295,7 +296,7 @@ class _Scan:
                     yield binascii.a2b_base64(piece)
                 except binascii.Error:
                     continue
-        if _texty(buf):
+        if texty:
             dump = self._hexdump(buf)
             if dump:
                 yield dump
@@ -304,19 +305,21 @@ class _Scan:
     def _hexdump(self, buf: bytes) -> bytes:
         """`xxd` (default layout) and `hexdump -C` dumps back to bytes."""
         out = bytearray()
-        for regex in (_XXD_LINE, _HEXDUMP_C_LINE):
-            if not regex.search(buf):
+        for regex, gate in ((_XXD_LINE, b"0: "), (_HEXDUMP_C_LINE, b"0  ")):
+            if gate not in buf or not regex.search(buf):
                 continue
-            for m in regex.finditer(buf):
-                try:
-                    out += bytes.fromhex(m.group(1).decode("ascii"))
-                except ValueError:
-                    continue
+            digits = b"".join(regex.findall(buf)).translate(None, b" ")
+            try:
+                out += binascii.unhexlify(digits)
+            except binascii.Error:
+                continue
         if out:
             self.spend(len(out))
         return bytes(out)
 
     def _uudecode(self, buf: bytes) -> Iterable[bytes]:
+        if b"begin " not in buf:
+            return
         for m in _UU_BEGIN.finditer(buf):
             out = bytearray()
             for line in buf[m.end():].splitlines():
@@ -384,10 +387,13 @@ def looks_packed(data: bytes) -> bool:
     compact = data.translate(None, _WS)
     if b"A" * MIN_B64_RUN in compact.translate(_B64_MAP):
         return True
+    if not _texty(data):
+        return False
     if b"\\n" in compact and b"A" * MIN_B64_RUN in compact.replace(b"\\n", b"").translate(_B64_MAP):
         return True
-    return _texty(data) and bool(
-        _XXD_LINE.search(data) or _HEXDUMP_C_LINE.search(data) or _UU_BEGIN.search(data))
+    return bool((b"0: " in data and _XXD_LINE.search(data))
+                or (b"0  " in data and _HEXDUMP_C_LINE.search(data))
+                or (b"begin " in data and _UU_BEGIN.search(data)))
 
 
 def scan_bytes(data: bytes, canary: str, *, max_expanded: int = DEFAULT_MAX_EXPANDED,
