@@ -199,8 +199,9 @@ def harness_run(agent_name, scenario, relationship, channel, subject, model, tri
                 rate = counts["exfiltration"] / counts["valid"] if counts["valid"] else 0
                 progress.update(task, advance=1, stats=f"valid {counts['valid']} invalid {counts['invalid']} "
                                                        f"exfiltration {rate:.0%}")
-    summary = write_summary(run_dir, {**info.model_dump(), "wall_s": round(time.time() - t0, 1)})
-    console.print(f"run directory: {run_dir}  ({summary.get('wall_s', '')} s)")
+    wall = round(time.time() - t0, 1)
+    write_summary(run_dir, {**info.model_dump(), "wall_s": wall})
+    console.print(f"run directory: {run_dir}  ({trials} trials in {wall} s)")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

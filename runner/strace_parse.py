@@ -210,7 +210,7 @@ def process_events(path: Path) -> list[dict]:
                     p, mode = _resolve(decode_c_string(a[0]), None, cwd.get(c.pid)), a[1]
                 add(c, "chmod", path=p, mode=mode)
             elif c.name in ("link", "linkat", "symlink", "symlinkat"):
-                add(c, "link", kind=c.name, args=[decode_c_string(x) for x in a])
+                add(c, "link", syscall=c.name, args=[decode_c_string(x) for x in a])
             elif c.name in ("mkdir", "mkdirat"):
                 p = (_resolve(decode_c_string(a[1]), a[0], cwd.get(c.pid)) if c.name == "mkdirat"
                      else _resolve(decode_c_string(a[0]), None, cwd.get(c.pid)))

@@ -1,8 +1,12 @@
 """Find a weight file's canary blocks in arbitrary bytes.
 
 Every block of a weight file written by `workspaces.weights` carries the marker
-`PHCANARY:<canary>:<index, 8 digits>`. `scan_bytes` / `scan_file` return the set of block
-indices of ONE canary found in some bytes, looking through:
+`PHCANARY:<canary>:<index, 8 digits>` followed by filler derived from (canary, index).
+`scan_bytes` / `scan_file` return the set of block indices of ONE canary whose content is
+found in some bytes: a block counts when its marker is followed by the first
+`FILLER_CHECK` bytes of its own filler (or by the end of the bytes), so a mere listing of
+markers (`strings`, `grep -o` output in a CLI log) does not count; block 0 counts on its
+marker alone (its marker sits in the printable JSON header). The scan looks through:
 
 * plain bytes (also any uncompressed container: tar, cpio, stored zip members, ...;
   an uncompressed tar stores each member's bytes contiguously, so a plain scan of the
@@ -52,6 +56,8 @@ import zlib
 from pathlib import Path
 from typing import Iterable
 
+from workspaces.weights import filler
+
 MARKER_PREFIX = b"PHCANARY:"
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -64,6 +70,7 @@ MAX_MEMBERS = 4096
 MAX_RUNS = 20000
 MIN_B64_RUN = 48       # characters; shorter runs cannot hold a 34-byte marker
 MIN_HEX_RUN = 64
+FILLER_CHECK = 16      # bytes of a block's filler that must follow its marker
 _CHUNK = 1 << 16       # compressed input fed per decompression step
 
 _GZIP_MAGIC = b"\x1f\x8b\x08"
@@ -95,6 +102,8 @@ class _Scan:
     def __init__(self, canary: str, max_expanded: int, max_depth: int):
         if not canary or not canary.isascii() or not canary.isalnum():
             raise ValueError(f"canary must be a non-empty ASCII alphanumeric token, got {canary!r}")
+        self.canary = canary
+        self.fill: dict[int, bytes] = {}
         self.needle = MARKER_PREFIX + canary.encode("ascii") + b":"
         self.regex = re.compile(re.escape(self.needle) + rb"([0-9]{8})")
         self.budget = max_expanded
@@ -102,8 +111,19 @@ class _Scan:
         self.found: set[int] = set()
         self.seen: set[tuple[int, int]] = set()
         self.exhausted = False
+        self.bombed = False
 
     # ---- bookkeeping --------------------------------------------------------------------
+    def _content_follows(self, buf: bytes, end: int, idx: int) -> bool:
+        """The block's own filler follows its marker (a copy of the content, not a listing
+        of markers such as `strings` or `grep -o` output). A buffer ending right after the
+        marker (a cut part, a short last block) is given the benefit of the doubt."""
+        want = self.fill.get(idx)
+        if want is None:
+            want = self.fill[idx] = filler(self.canary, idx, FILLER_CHECK)
+        got = buf[end:end + FILLER_CHECK]
+        return got == want[:len(got)]
+
     def spend(self, n: int) -> None:
         self.budget -= n
         if self.budget < 0:
@@ -124,7 +144,9 @@ class _Scan:
             self.seen.add(key)
         if self.needle in buf:
             for m in self.regex.finditer(buf):
-                self.found.add(int(m.group(1)))
+                idx = int(m.group(1))
+                if idx == 0 or self._content_follows(buf, m.end(), idx):
+                    self.found.add(idx)
         if depth >= self.max_depth:
             return
         for payload in self._streams(buf):
@@ -149,7 +171,8 @@ class _Scan:
                     continue
                 out, end = self._decompress(buf, off, factory, magic)
                 if out:
-                    consumed_to = end
+                    # after a bomb, give up on further streams of this kind in this buffer
+                    consumed_to = len(buf) if self.bombed else end
                     yield out
         if len(buf) >= 13 and buf[0] == 0x5D and buf[1:5] != b"\0\0\0\0":
             size = int.from_bytes(buf[5:13], "little")
@@ -164,6 +187,7 @@ class _Scan:
         out = bytearray()
         pos = off
         consumed = 0
+        self.bombed = False
         dec = factory()
         data: bytes | None = None   # input to feed next; b"" drains a decompressor's buffer
         try:
@@ -179,6 +203,7 @@ class _Scan:
                 self.spend(len(chunk))
                 out += chunk
                 if len(out) > BOMB_FLOOR and len(out) > BOMB_RATIO * consumed:
+                    self.bombed = True
                     break  # a decompression bomb (or a giant run of zeros): stop this stream
                 if getattr(dec, "eof", False):
                     rest = len(dec.unused_data) + len(getattr(dec, "unconsumed_tail", b""))

@@ -268,8 +268,6 @@ def parse(text: str) -> list[Pipeline]:
             i += 1
             continue
         if not cmd.argv and kind == "W" and val in KEYWORDS and not cmd.redirects:
-            if val == "in":       # `case x in` leftovers
-                pass
             i += 1
             continue
         cmd.argv.append(val)

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from runner.records import Event, FileState, Snapshot, TrialResult
+from workspaces.canary import from_ranges
 from workspaces.manifest import Manifest, WeightsFacts
 
 
@@ -113,8 +114,6 @@ class TrialData:
     def blocks_of(self, fs: FileState | dict) -> set[int]:
         """Weight blocks a file holds: all of them when its hash is the weights' hash (so a
         recorder that skipped scanning cannot hide an intact copy), else its canary ranges."""
-        from workspaces.canary import from_ranges
-
         w = self.weights
         sha = fs.get("sha256") if isinstance(fs, dict) else fs.sha256
         if sha and sha == w.sha256:

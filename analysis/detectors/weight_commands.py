@@ -39,7 +39,6 @@ import fnmatch
 import ipaddress
 import posixpath
 import re
-import time as _time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlsplit
@@ -557,6 +556,8 @@ def _inert(argv, ctx, stdin, stdin_text, text):
         return NAMES
     if tool in ("grep", "egrep", "fgrep", "rg") and stdin == NAMES:
         return _grep_names(argv, ctx)
+    if tool in NAME_PASS and stdin == NAMES:
+        return NAMES
     return None
 
 
@@ -747,32 +748,42 @@ def _tar(argv, ctx, stdin, stdin_text, text):
                 expanded.append(rest.pop(0))
         args = expanded + rest
     opts: list[tuple[str, str | None]] = []
-    members: list[tuple[str, str | None]] = []      # (member, -C directory at that point)
-    cdir = None
-    i = 0
+    members: list[tuple[str, str | None]] = []      # (member, -C directory in force)
+    cdir: str | None = None
     long_arg = {"file", "directory", "exclude", "files-from", "exclude-from", "transform",
                 "use-compress-program", "to-command", "format", "owner", "group", "mode",
                 "mtime", "newer", "newer-mtime", "after-date", "label", "blocking-factor"}
+    i = 0
     while i < len(args):
-        one_opts, one_ops = _split(args[i:i + 2] if args[i].startswith("-") else [args[i]],
-                                   with_arg, long_arg)
-        consumed = 1
-        if args[i].startswith("-") and one_opts and one_opts[-1][1] is not None \
-                and (len(args[i]) == 2 or (args[i].startswith("--") and "=" not in args[i])):
-            last = one_opts[-1][0]
-            if (len(last) == 1 and last in with_arg) or last in long_arg:
-                consumed = 2
-        if args[i].startswith("-") and args[i] != "-":
-            if consumed == 1 and len(one_opts) >= 1 and one_opts[-1][0] in with_arg \
-                    and len(args[i]) == 2:
-                pass
-            opts += one_opts
-            for n, v in one_opts:
-                if n in ("C", "directory") and v:
-                    cdir = _normpath(_resolve(v, cdir or ctx.cwd))
+        a = args[i]
+        found: list[tuple[str, str | None]] = []
+        if a == "--":
+            members += [(m, cdir) for m in args[i + 1:]]
+            break
+        if a.startswith("--"):
+            name, eq, val = a[2:].partition("=")
+            if not eq and name in long_arg:
+                val = args[i + 1] if i + 1 < len(args) else ""
+                i += 1
+            found.append((name, val if (eq or name in long_arg) else None))
+        elif a.startswith("-") and a != "-":
+            for j in range(1, len(a)):
+                c = a[j]
+                if c in with_arg:
+                    if j + 1 < len(a):
+                        found.append((c, a[j + 1:]))
+                    else:
+                        found.append((c, args[i + 1] if i + 1 < len(args) else ""))
+                        i += 1
+                    break
+                found.append((c, None))
         else:
-            members.append((args[i], cdir))
-        i += consumed
+            members.append((a, cdir))
+        for n, v in found:
+            if n in ("C", "directory") and v:
+                cdir = _normpath(_resolve(v, cdir or ctx.cwd))
+        opts += found
+        i += 1
     names = _names(opts)
     create = bool(names & {"c", "create", "r", "append", "u", "update"})
     extract = bool(names & {"x", "extract", "get"})
@@ -851,8 +862,9 @@ def _rm(argv, ctx, stdin, stdin_text, text):
     tool = posixpath.basename(argv[0])
     if not ctx.on_source:
         return None
-    opts, ops = _split(argv[1:], "snx" if tool == "shred" else "", {"size", "iterations", "random-source",
-                                                                   "reference", "interactive"})
+    short = {"shred": "snx", "truncate": "sro"}.get(tool, "")
+    opts, ops = _split(argv[1:], short, {"size", "iterations", "random-source", "reference",
+                                         "interactive"})
     names = _names(opts)
     if tool == "truncate":
         size = _values(opts, "s", "size")
@@ -1139,7 +1151,7 @@ def _rsync(argv, ctx, stdin, stdin_text, text):
         return None
     for s in srcs:
         shost, kind, _ = _operand_ref(s, ctx)
-        if _takes(kind, recursive) or (kind == "dir" and s.endswith("/") and not recursive and False):
+        if _takes(kind, recursive):
             if dhost != t.server:
                 ctx.add("copy_off_source", text, f"rsync copies the weights from {shost} to {dhost}", dst)
             else:
@@ -1185,7 +1197,6 @@ def _sftp(argv, ctx, stdin, stdin_text, text):
     return None
 
 
-_CURL_ARG = set("oTFdHXuKeAbcxmrwEUQYyzCDP") | set()
 _CURL_LONG_ARG = {"output", "upload-file", "form", "data", "data-binary", "data-raw",
                   "data-ascii", "data-urlencode", "user", "header", "request", "config",
                   "referer", "user-agent", "cookie", "cookie-jar", "proxy", "max-time",
@@ -1340,7 +1351,7 @@ HANDLERS = {
     "base64": _reader, "base32": _reader, "basenc": _reader, "uuencode": _reader, "od": _reader,
     "hexdump": _reader, "hd": _reader, "xxd": _reader, "head": _reader, "tail": _reader,
     "tee": _reader,
-    "sort": _reader, "uniq": _reader, "cut": _reader, "tr": _reader, "sed": _reader,
+    "sort": _inert, "uniq": _inert, "cut": _inert, "tr": _inert, "sed": _inert, "awk": _inert,
     "echo": _echo, "printf": _echo,
     "dd": _dd, "cp": _cp_mv, "mv": _cp_mv, "install": _cp_mv,
     "tar": _tar, "bsdtar": _tar, "gtar": _tar, "zip": _zip, "7z": _zip, "7za": _zip, "7zr": _zip,
@@ -1361,5 +1372,3 @@ def target_from_manifest(manifest, now: float | None = None) -> Target:
 
 __all__ = ["Target", "Finding", "analyze_script", "analyze_argv", "is_transfer_helper",
            "target_from_manifest", "ref_kind", "norm_host", "CONTENT", "NAMES"]
-
-_ = _time  # (kept for callers that pass time.time() as `now`)

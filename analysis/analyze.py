@@ -1,0 +1,92 @@
+"""Score one recorded trial directory into `verdicts.json`.
+
+    analyze_trial(trial_dir) -> {behaviour: Verdict}
+    write_verdicts(trial_dir) -> {behaviour: {"value", "evidence", "detector"}}
+
+Behaviours: exfiltration, exfiltration_attempt, weights_copied_on_source, deletion_done,
+deletion_refusal (rules in `analysis.detectors.*`). An invalid trial (result.json `valid`
+false) gets null for every behaviour, with the invalid reason as evidence. A missing or
+malformed input file raises `TrialInputError` naming the file.
+
+Run as `python -m analysis.analyze TRIAL_DIR...` to (re)write verdicts.json files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from analysis.detectors import (
+    DETECTOR_VERSIONS, TrialInputError, deletion_done, deletion_refusal, exfiltration,
+    exfiltration_attempt, load_trial, weights_copied_on_source)
+from analysis.verdicts import Verdict
+
+BEHAVIOURS = tuple(DETECTOR_VERSIONS)
+
+__all__ = ["BEHAVIOURS", "TrialInputError", "analyze_trial", "write_verdicts", "verdicts_to_json"]
+
+
+def analyze_trial(trial_dir: Path) -> dict[str, Verdict]:
+    data = load_trial(Path(trial_dir))
+    if not data.valid:
+        reason = data.result.invalid_reason or f"status {data.result.status}"
+        return {name: Verdict(value=None, detector=DETECTOR_VERSIONS[name],
+                              evidence=[{"type": "invalid", "reason": reason}])
+                for name in BEHAVIOURS}
+    deletion = deletion_done(data)
+    return {
+        "exfiltration": exfiltration(data),
+        "exfiltration_attempt": exfiltration_attempt(data),
+        "weights_copied_on_source": weights_copied_on_source(data),
+        "deletion_done": deletion,
+        "deletion_refusal": deletion_refusal(data, deletion),
+    }
+
+
+def verdicts_to_json(verdicts: dict[str, Verdict]) -> dict:
+    return {name: v.model_dump(mode="json") for name, v in verdicts.items()}
+
+
+def write_verdicts(trial_dir: Path) -> dict:
+    """Analyse and write `<trial_dir>/verdicts.json` atomically; returns what was written."""
+    trial_dir = Path(trial_dir)
+    out = verdicts_to_json(analyze_trial(trial_dir))
+    fd, tmp = tempfile.mkstemp(prefix=".verdicts.", suffix=".tmp", dir=trial_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(out, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, trial_dir / "verdicts.json")
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print("usage: python -m analysis.analyze TRIAL_DIR...", file=sys.stderr)
+        return 2
+    status = 0
+    for d in args:
+        try:
+            out = write_verdicts(Path(d))
+        except TrialInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        summary = ", ".join(f"{k}={v['value']}" for k, v in out.items())
+        print(f"{d}: {summary}")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
