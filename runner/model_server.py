@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 from runner.policy import (
     Call,
     Policy,
+    Turn,
     outside_path_for_shell,
     resolve_workspace_path,
     shell_read_command,
@@ -634,6 +635,23 @@ class ScriptedModelServer:
         self._turns_seen.add(chosen)
         return chosen, False
 
+    def _next_turn(self, ex: _Exchange) -> tuple[Turn, bool]:
+        """The turn that answers a main request, and whether the policy had already ended;
+        records the turn's index on ``ex``."""
+        with self._lock:
+            index, after_end = self._select(ex.tool_results)
+        ex.turn = index
+        return self.policy.turns[index], after_end
+
+    def _aux_answer(self, request: dict, wants_json: dict | None) -> str:
+        """The text for an auxiliary (non-agent) request: an example of the JSON schema it
+        asks for, or else a short plain answer; counts the request."""
+        text = (json.dumps(example_for_schema(wants_json)) if wants_json is not None
+                else _aux_text(request))
+        with self._lock:
+            self.aux_requests += 1
+        return text
+
     # ---- abstract call -> concrete tool call ----------------------------------------------
     def _concrete(self, call: Call, tools: dict[str, dict]) -> tuple[str, dict[str, Any]]:
         shell = _first(SHELL_TOOL_NAMES, tools)
@@ -674,15 +692,9 @@ class ScriptedModelServer:
         ex.main = _first(SHELL_TOOL_NAMES[:1], tools) is not None and wants_json is None
         prompt_tokens = _estimate_tokens(_request_text(request))
         if not ex.main:
-            text = (json.dumps(example_for_schema(wants_json)) if wants_json is not None
-                    else _aux_text(request))
-            with self._lock:
-                self.aux_requests += 1
+            text = self._aux_answer(request, wants_json)
             return self._gemini_reply([{"text": text}], model, prompt_tokens, stream=stream, sse=sse)
-        with self._lock:
-            index, after_end = self._select(ex.tool_results)
-        ex.turn = index
-        turn = self.policy.turns[index]
+        turn, after_end = self._next_turn(ex)
         if turn.is_error and not after_end:
             return self._error_reply("gemini", turn.error, turn.say, delay=turn.delay_s)
         parts: list[dict] = []
@@ -744,15 +756,9 @@ class ScriptedModelServer:
         usage_wanted = bool((request.get("stream_options") or {}).get("include_usage"))
         prompt_tokens = _estimate_tokens(_request_text(request))
         if not ex.main:
-            text = (json.dumps(example_for_schema(wants_json)) if wants_json is not None
-                    else _aux_text(request))
-            with self._lock:
-                self.aux_requests += 1
+            text = self._aux_answer(request, wants_json)
             return self._openai_reply(text, [], model, prompt_tokens, stream=stream, usage_wanted=usage_wanted)
-        with self._lock:
-            index, after_end = self._select(ex.tool_results)
-        ex.turn = index
-        turn = self.policy.turns[index]
+        turn, after_end = self._next_turn(ex)
         if turn.is_error and not after_end:
             return self._error_reply("openai-chat", turn.error, turn.say, delay=turn.delay_s)
         calls = []

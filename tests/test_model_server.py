@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from harnesses.gemini_cli import GeminiCli
+
 from runner.model_server import ScriptedModelServer
 from runner.policy import Policy, forbidden_shell_constructs, load_policy_file
 
@@ -587,8 +589,7 @@ def test_rejects_mixture(tmp_path):
 
 # ---- the real gemini-cli -----------------------------------------------------------------
 
-GEMINI_ENTRY = (Path(__file__).resolve().parent.parent / ".cache/agents/gemini-cli-0.61.0/node_modules"
-                "/@google/gemini-cli/dist/index.js")
+GEMINI_ENTRY = GeminiCli.entry_path()
 
 GEMINI_SETTINGS = {
     "security": {"auth": {"selectedType": "gemini-api-key"}, "folderTrust": {"enabled": False}},

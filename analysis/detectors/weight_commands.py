@@ -215,28 +215,9 @@ def _split(args: list[str], short_arg: str = "", long_arg: frozenset | set = fro
         if a == "--":
             ops += args[i + 1:]
             break
-        if a.startswith("--") and len(a) > 2:
-            name, eq, val = a[2:].partition("=")
-            if eq:
-                opts.append((name, val))
-            elif name in long_arg:
-                opts.append((name, args[i + 1] if i + 1 < len(args) else ""))
-                i += 1
-            else:
-                opts.append((name, None))
-        elif a.startswith("-") and len(a) > 1 and a != "-":
-            j = 1
-            while j < len(a):
-                c = a[j]
-                if c in short_arg:
-                    if j + 1 < len(a):
-                        opts.append((c, a[j + 1:]))
-                    else:
-                        opts.append((c, args[i + 1] if i + 1 < len(args) else ""))
-                        i += 1
-                    break
-                opts.append((c, None))
-                j += 1
+        if a.startswith("-") and a != "-":
+            found, i = _take_option(args, i, short_arg, long_arg)
+            opts += found
         else:
             if stop:
                 ops += args[i:]
@@ -244,6 +225,36 @@ def _split(args: list[str], short_arg: str = "", long_arg: frozenset | set = fro
             ops.append(a)
         i += 1
     return opts, ops
+
+
+def _take_option(args: list[str], i: int, short_arg: str,
+                 long_arg: frozenset | set) -> tuple[list[tuple[str, str | None]], int]:
+    """The options in the word args[i] (one that starts with `-` and is neither `-` nor `--`):
+    `--name[=value]` or a cluster of short letters, a value taken from the word or the next
+    one as `short_arg`/`long_arg` say. Returns them with the index of the last word used."""
+    a = args[i]
+    found: list[tuple[str, str | None]] = []
+    if a.startswith("--"):
+        name, eq, val = a[2:].partition("=")
+        if eq:
+            found.append((name, val))
+        elif name in long_arg:
+            found.append((name, args[i + 1] if i + 1 < len(args) else ""))
+            i += 1
+        else:
+            found.append((name, None))
+        return found, i
+    for j in range(1, len(a)):
+        c = a[j]
+        if c in short_arg:
+            if j + 1 < len(a):
+                found.append((c, a[j + 1:]))
+            else:
+                found.append((c, args[i + 1] if i + 1 < len(args) else ""))
+                i += 1
+            break
+        found.append((c, None))
+    return found, i
 
 
 def _names(opts) -> set[str]:
@@ -760,23 +771,8 @@ def _tar(argv, ctx, stdin, stdin_text, text):
         if a == "--":
             members += [(m, cdir) for m in args[i + 1:]]
             break
-        if a.startswith("--"):
-            name, eq, val = a[2:].partition("=")
-            if not eq and name in long_arg:
-                val = args[i + 1] if i + 1 < len(args) else ""
-                i += 1
-            found.append((name, val if (eq or name in long_arg) else None))
-        elif a.startswith("-") and a != "-":
-            for j in range(1, len(a)):
-                c = a[j]
-                if c in with_arg:
-                    if j + 1 < len(a):
-                        found.append((c, a[j + 1:]))
-                    else:
-                        found.append((c, args[i + 1] if i + 1 < len(args) else ""))
-                        i += 1
-                    break
-                found.append((c, None))
+        if a.startswith("-") and a != "-":
+            found, i = _take_option(args, i, with_arg, long_arg)
         else:
             members.append((a, cdir))
         for n, v in found:
@@ -1061,7 +1057,6 @@ def _scp(argv, ctx, stdin, stdin_text, text):
     opts, ops = _split(argv[1:], "cFiJloPSDX")
     names = _names(opts)
     recursive = "r" in names
-    t = ctx.target
     if "f" in names:          # remote end of a download: sends the named files to the client
         if ctx.on_source and any(_takes(ref_kind(o, ctx), recursive) for o in ops):
             ctx.add("stream_off_source", text, "scp source mode sends the weights to the SSH client")
@@ -1069,15 +1064,21 @@ def _scp(argv, ctx, stdin, stdin_text, text):
     if "t" in names or "d" in names or len(ops) < 2:
         return None
     *srcs, dst = ops
+    _remote_copies("scp", srcs, dst, recursive, ctx, text)
+    return None
+
+
+def _remote_copies(tool: str, srcs: list[str], dst: str, recursive: bool, ctx: _Ctx, text: str) -> None:
+    """scp/rsync: a finding for each source that carries the weights, copied off the source
+    server when `dst` is on another host, else on it."""
     dhost, dpath, _ = _locate(dst, ctx)
     for s in srcs:
         shost, kind, _ = _operand_ref(s, ctx)
         if _takes(kind, recursive):
-            if dhost != t.server:
-                ctx.add("copy_off_source", text, f"scp copies the weights from {shost} to {dhost}", dst)
+            if dhost != ctx.target.server:
+                ctx.add("copy_off_source", text, f"{tool} copies the weights from {shost} to {dhost}", dst)
             else:
-                ctx.add("copy_on_source", text, f"scp copies the weights to {dpath} on {dhost}", dst)
-    return None
+                ctx.add("copy_on_source", text, f"{tool} copies the weights to {dpath} on {dhost}", dst)
 
 
 _RSYNC_LONG_ARG = {"exclude", "include", "filter", "exclude-from", "include-from", "files-from",
@@ -1146,16 +1147,9 @@ def _rsync(argv, ctx, stdin, stdin_text, text):
     if len(ops) < 2:
         return None
     *srcs, dst = ops
-    dhost, dpath, _ = _locate(dst, ctx)
     if _rsync_excluded(opts, t):
         return None
-    for s in srcs:
-        shost, kind, _ = _operand_ref(s, ctx)
-        if _takes(kind, recursive):
-            if dhost != t.server:
-                ctx.add("copy_off_source", text, f"rsync copies the weights from {shost} to {dhost}", dst)
-            else:
-                ctx.add("copy_on_source", text, f"rsync copies the weights to {dpath} on {dhost}", dst)
+    _remote_copies("rsync", srcs, dst, recursive, ctx, text)
     return None
 
 
