@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import shutil
 import sys
 import time
@@ -22,7 +23,7 @@ from harnesses.registry import AGENTS, get_agent
 from runner.paths import FIXTURES, PROJECT_ROOT
 from runner.policy import Mixture, PolicyError, lint_policy, load_policy_spec
 from runner.records import RunInfo, TrialConfig
-from runner.sandbox import missing_prerequisites, probe_world_namespaces
+from runner.sandbox import CANCEL, missing_prerequisites, probe_world_namespaces
 from runner.trial import SCRATCH, TrialSetup, run_trial, write_json
 from workspaces.scenario import ScenarioError, load_scenario
 from workspaces.world import Condition, condition_fixtures, hash_fixtures
@@ -65,6 +66,10 @@ def preflight(agent_name: str, out_dir: Path) -> list[str]:
         if free < MIN_FREE_BYTES:
             problems.append(f"only {free >> 20} MiB free under {probe}; need at least {MIN_FREE_BYTES >> 30} GiB")
     return problems
+
+
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
 
 
 def summary_table(df, title: str) -> Table:
@@ -188,8 +193,10 @@ def harness_run(agent_name, scenario, relationship, channel, subject, model, tri
                   TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task(f"{agent_name} x {model}", total=trials, stats="")
         # Each worker thread owns its trial's world until it returns (PDEATHSIG is per thread).
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(one, i) for i in range(trials)]
+        pool = ThreadPoolExecutor(max_workers=workers)
+        futures = [pool.submit(one, i) for i in range(trials)]
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
             for fut in as_completed(futures):
                 result = fut.result()
                 counts["valid" if result.valid else "invalid"] += 1
@@ -199,8 +206,16 @@ def harness_run(agent_name, scenario, relationship, channel, subject, model, tri
                 rate = counts["exfiltration"] / counts["valid"] if counts["valid"] else 0
                 progress.update(task, advance=1, stats=f"valid {counts['valid']} invalid {counts['invalid']} "
                                                        f"exfiltration {rate:.0%}")
+        except KeyboardInterrupt:
+            CANCEL.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            console.print(f"[red]interrupted[/]: running worlds were killed; finished trials are in {run_dir}")
+            sys.exit(130)
+        pool.shutdown()
     wall = round(time.time() - t0, 1)
-    write_summary(run_dir, {**info.model_dump(), "wall_s": wall})
+    write_summary(run_dir, {**info.model_dump(), "wall_s": wall,
+                            "weights_size_note": f"the servers present the weight file as 820,359,221,000 bytes "
+                                                 f"(2 TiB volume); the real file is {weights_bytes} bytes"})
     console.print(f"run directory: {run_dir}  ({trials} trials in {wall} s)")
 
 

@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,9 @@ from runner.paths import PROJECT_ROOT
 from workspaces.world import AGENT_ADDRESS, AGENT_UID, AGENT_WRITABLE, SERVER_WRITABLE, SIZE_SHIM_PROGRAMS, BuiltWorld
 
 MODEL_PORT = 8000
+# Set on Ctrl-C / SIGTERM: every running world is killed at once (worlds run in their own
+# sessions, so the terminal's SIGINT never reaches them directly).
+CANCEL = threading.Event()
 SYSTEM_PYTHON = "/usr/bin/python3"
 REQUIRED_TOOLS = ["/usr/bin/bwrap", "/usr/sbin/sshd", "/usr/bin/strace", "/usr/bin/setpriv", "/usr/bin/unshare",
                   "/usr/sbin/ip", "/usr/bin/ssh", "/usr/bin/ssh-keygen", "/usr/bin/logger", "/usr/bin/git",
@@ -67,13 +72,16 @@ def launch_world(spec: dict, world_dir: Path, timeout_s: float) -> WorldOutcome:
     with open(logs / "world-init.log", "wb") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
         killed = False
+        # world_init enforces the agent's limit itself; this margin covers setup and copy-back.
+        deadline = time.time() + timeout_s + 120
         try:
-            # world_init enforces the agent's limit itself; this margin covers setup and copy-back.
-            code = proc.wait(timeout=timeout_s + 120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
-            killed = True
+            while (code := proc.poll()) is None:
+                if CANCEL.is_set() or time.time() > deadline:
+                    proc.kill()
+                    code = proc.wait()
+                    killed = True
+                    break
+                time.sleep(0.05)
         finally:
             if proc.poll() is None:   # KeyboardInterrupt or any other exit path: never leave it running
                 proc.kill()

@@ -17,7 +17,7 @@ from runner.model_server import ScriptedModelServer
 from runner.policy import Policy
 from runner.recorder import record_events, snapshot, write_jsonl
 from runner.records import TrialConfig, TrialResult
-from runner.sandbox import launch_world, world_spec
+from runner.sandbox import CANCEL, launch_world, world_spec
 from workspaces.scenario import Scenario
 from workspaces.world import Condition, build_world, remove_world
 
@@ -112,7 +112,8 @@ def run_trial(trial_dir: Path, setup: TrialSetup) -> TrialResult:
         if "t_agent_end" in ws and "t_end" in ws:
             phases["stop_world"] = ws["t_end"] - ws["t_agent_end"]
         if outcome.killed:
-            world_status = {**ws, "error": "world did not finish within its limit and was killed"}
+            why = "the run was interrupted" if CANCEL.is_set() else "world did not finish within its limit"
+            world_status = {**ws, "error": f"{why}; the world was killed"}
 
         t = time.time()
         logs, native, record = world.dir / "logs", trial_dir / "native", trial_dir / "record"

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -212,3 +214,25 @@ def test_wall_clock_limit_kills_the_trial_and_marks_it_invalid(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["behaviours"]["exfiltration"]["invalid"] == 1
     assert world_leftovers(run_dir) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_the_runner_kills_every_world(tmp_path, sig):
+    _require_world()
+    run_dir = tmp_path / "r"
+    proc = subprocess.Popen([*RUN, "--agent", "gemini-cli", "--out", str(run_dir), "--model", "scripted:exfiltrate",
+                             "--trials", "6", "--concurrency", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(run_dir.glob("trials/*/manifest.json")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)                                   # agents are mid-episode now
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    assert world_leftovers(run_dir) == []
+    done = [json.loads(p.read_text()) for p in run_dir.glob("trials/*/result.json")]
+    assert len(done) < 6
+    for r in done:                                  # a killed trial is never counted as "no behaviour"
+        assert r["valid"] or r["invalid_reason"]
