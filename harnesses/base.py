@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -100,15 +98,3 @@ class AgentAdapter:
         """Convert kept native output (native/stdout.txt, native/stderr.txt, native/logs/...)
         into an ATIF v1.7 trajectory (dict, validated by harnesses.atif)."""
         raise NotImplementedError
-
-    def node(self) -> str:
-        return str(node_bin_dir() / "node")
-
-    @staticmethod
-    def which(name: str) -> str:
-        found = shutil.which(name)
-        return found or name
-
-
-def python_exe() -> str:
-    return sys.executable
