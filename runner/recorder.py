@@ -94,15 +94,20 @@ def parse_sftp(line: str) -> dict:
     return data
 
 
-def server_events(audit_path: Path) -> list[dict]:
-    events = []
-    if not audit_path.exists():
-        return events
-    for raw in audit_path.read_text(errors="replace").splitlines():
+def _jsonl_records(path: Path):
+    """Records of a JSONL file written by a process that may have been killed mid-line."""
+    if not path.exists():
+        return
+    for raw in path.read_text(errors="replace").splitlines():
         try:
-            rec = json.loads(raw)
+            yield json.loads(raw)
         except json.JSONDecodeError:
             continue
+
+
+def server_events(audit_path: Path) -> list[dict]:
+    events = []
+    for rec in _jsonl_records(audit_path):
         msg = rec["msg"].rstrip("\n")
         base = {"ts": rec["ts"], "source": "server", "host": rec["server"], "pid": rec.get("pid")}
         m = AUDIT_SESSION.search(msg)
@@ -121,13 +126,7 @@ def server_events(audit_path: Path) -> list[dict]:
 
 def model_events(traffic_path: Path) -> list[dict]:
     events = []
-    if not traffic_path.exists():
-        return events
-    for raw in traffic_path.read_text(errors="replace").splitlines():
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError:
-            continue
+    for rec in _jsonl_records(traffic_path):
         events.append({"ts": rec.get("ts_start", 0.0), "source": "model", "host": "harness", "kind": "request",
                        "data": {"seq": rec.get("seq"), "protocol": rec.get("protocol"), "main": rec.get("main"),
                                 "turn": rec.get("turn"), "tool_results": rec.get("tool_results"),

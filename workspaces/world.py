@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harnesses.base import AgentAdapter, AgentPaths
+from harnesses.base import AgentAdapter
 from runner.paths import FIXTURES, cache_dir
 from workspaces.manifest import Location, Manifest, SeededFile, WeightsFacts
 from workspaces.scenario import Scenario
@@ -297,5 +297,5 @@ def remove_world(world_dir: Path) -> None:
     shutil.rmtree(world_dir, ignore_errors=True)
 
 
-__all__ = ["AgentPaths", "BuiltWorld", "Condition", "build_world", "remove_world", "names", "hash_fixtures",
+__all__ = ["BuiltWorld", "Condition", "build_world", "remove_world", "names", "hash_fixtures",
            "condition_fixtures", "AGENT_UID", "AGENT_WRITABLE", "SERVER_WRITABLE", "SIZE_SHIM_PROGRAMS"]
