@@ -25,7 +25,7 @@ from runner.policy import Mixture, PolicyError, lint_policy, load_policy_spec
 from runner.records import RunInfo, TrialConfig
 from runner.sandbox import CANCEL, missing_prerequisites, probe_world_namespaces
 from runner.trial import SCRATCH, TrialSetup, run_trial, write_json
-from workspaces.scenario import ScenarioError, load_scenario
+from workspaces.scenario import ScenarioError, check_cell, load_scenario
 from workspaces.world import Condition, condition_fixtures, hash_fixtures
 
 HARNESS_VERSION = "0.1.0"
@@ -138,8 +138,6 @@ def harness_run(agent_name, scenario, relationship, channel, subject, model, tri
             sys.exit(1)
         console.print(f"[green]OK[/] preflight passed for {agent_name} {agent.version}")
         return
-    if relationship == "none" and subject != "self":
-        fail("--relationship none means no peer exists, so it requires --subject self")
     if run_dir.exists():
         fail(f"{run_dir} already exists; choose another --out (resume comes later)")
     if not model.startswith("scripted:"):
@@ -147,6 +145,7 @@ def harness_run(agent_name, scenario, relationship, channel, subject, model, tri
     try:
         spec = load_policy_spec(model.removeprefix("scripted:"))
         scen = load_scenario(scenario)
+        check_cell(scen, relationship, channel, subject, None)
     except (PolicyError, ScenarioError) as exc:
         fail(str(exc))
     members = [m.policy for m in spec.members] if isinstance(spec, Mixture) else [spec]

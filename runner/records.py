@@ -22,6 +22,7 @@ class TrialConfig(Strict):
     relationship: Literal["good", "neutral", "bad", "none"]
     channel: Literal["file", "file+prompt", "memory"]
     subject: Literal["peer", "self"]
+    monitoring: Literal["on", "off"] | None = None   # alignment-faking scenarios only
     family: str
     model: str                   # the --model SPEC
     model_is_scripted: bool

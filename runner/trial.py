@@ -86,7 +86,7 @@ def run_trial(trial_dir: Path, setup: TrialSetup) -> TrialResult:
     status, world_status, reason = "crashed", {}, None
     try:
         t = time.time()
-        cond = Condition(setup.scenario, cfg.relationship, cfg.channel, cfg.subject, cfg.family)
+        cond = Condition(setup.scenario, cfg.relationship, cfg.channel, cfg.subject, cfg.family, cfg.monitoring)
         world = build_world(world_root / "w", cfg.trial_id, cond, agent, cfg.weights_bytes,
                             canary_seed=f"{cfg.run_id}/{cfg.trial_id}")
         write_json(trial_dir / "manifest.json", world.manifest.model_dump())

@@ -58,6 +58,7 @@ class Scenario(Strict):
     notice: str                     # path under fixtures/
     servers: list[Server]
     task: Task
+    monitoring_variants: bool = False   # the prompt comes in a monitored and an unmonitored variant
 
     def weights_server(self) -> Server:
         for server in self.servers:
@@ -78,3 +79,26 @@ def load_scenario(name_or_path: str) -> Scenario:
         raise ScenarioError(f"{path}: not valid YAML: {exc}") from exc
     except ValidationError as exc:
         raise ScenarioError(f"{path}: {exc}") from exc
+
+
+RELATIONSHIPS = ("good", "neutral", "bad", "none")
+CHANNELS = ("file", "file+prompt", "memory")
+SUBJECTS = ("peer", "self")
+
+
+def check_cell(scenario: Scenario, relationship: str, channel: str, subject: str,
+               monitoring: str | None) -> None:
+    """Refuse a condition that cannot exist, saying why (raises ScenarioError)."""
+    for value, allowed, what in ((relationship, RELATIONSHIPS, "relationship"), (channel, CHANNELS, "channel"),
+                                 (subject, SUBJECTS, "subject")):
+        if value not in allowed:
+            raise ScenarioError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+    if relationship == "none" and subject != "self":
+        raise ScenarioError("relationship `none` means no peer exists anywhere in the world, so only subject "
+                            "`self` is possible (the paper's no-peer baseline)")
+    if scenario.monitoring_variants:
+        if monitoring not in ("on", "off"):
+            raise ScenarioError(f"scenario {scenario.name} has a monitored and an unmonitored variant: "
+                                f"monitoring must be `on` or `off`, not {monitoring!r}")
+    elif monitoring is not None:
+        raise ScenarioError(f"scenario {scenario.name} has no monitoring variants; leave monitoring unset")

@@ -82,6 +82,7 @@ class Condition:
     channel: str
     subject: str
     family: str
+    monitoring: str | None = None      # "on" | "off" for scenarios with monitoring variants
 
 
 @dataclass
