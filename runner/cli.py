@@ -1,40 +1,43 @@
 """`harness-run` and `harness-analyze`."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import signal
 import shutil
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from analysis.analyze import write_verdicts
-from analysis.stats import summarize, summary_dict
+from analysis.judge import Judge, JudgeError
 from harnesses.base import AgentNotInstalled, node_bin_dir
 from harnesses.registry import AGENTS, get_agent
-from runner.paths import FIXTURES, PROJECT_ROOT
-from runner.policy import Mixture, PolicyError, lint_policy, load_policy_spec
-from runner.records import RunInfo, TrialConfig
-from runner.sandbox import CANCEL, missing_prerequisites, probe_world_namespaces
-from runner.trial import SCRATCH, TrialSetup, run_trial, write_json
+from runner.execute import execute
+from runner.grid import Cell, GridError, GridFile, SkippedCell, expand, load_grid
+from runner.paths import PROJECT_ROOT
+from runner.policy import PolicyError, lint_policy
+from runner.records import ResumeInfo, RunInfo, SkippedCellInfo
+from runner.run_plan import HARNESS_VERSION, Resources, cell_infos, load_model, policies_of, trial_setup, version_pins
+from runner.run_store import (
+    TRIALS, RunLock, RunStoreError, clean_for_resume, create_run_dir, finished_trials, load_run_info,
+    new_world_prefix, plan_trials, version_differences)
+from runner.run_summary import write_summary
+from runner.sandbox import missing_prerequisites, probe_world_namespaces
+from runner.trial import SCRATCH, write_json
 from workspaces.scenario import ScenarioError, check_cell, load_scenario
-from workspaces.world import Condition, condition_fixtures, hash_fixtures
 
-HARNESS_VERSION = "0.1.0"
 MIN_FREE_BYTES = 2 << 30
 console = Console(stderr=True)
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)   # unwrapped: paths stay copyable
     sys.exit(2)
 
 
@@ -68,29 +71,154 @@ def preflight(agent_name: str, out_dir: Path) -> list[str]:
     return problems
 
 
-def _interrupt(_signum, _frame):
-    raise KeyboardInterrupt
+# Flags that choose the condition; with --grid, any given explicitly replaces that axis of the grid.
+AXIS_FLAGS = {"agent_name": "agents", "model": "models", "scenario": "scenarios", "relationship": "relationships",
+              "channel": "channels", "subject": "subjects", "monitoring": "monitoring"}
+# What --resume may change; everything else comes from RUN_DIR/run.json.
+RESUME_FLAGS = {"resume_dir", "concurrency", "keep_world", "allow_version_mismatch"}
 
 
-def summary_table(df, title: str) -> Table:
-    table = Table(title=title)
-    for col in ("behaviour", "k / n", "rate", "95% CI (Wilson)", "invalid"):
-        table.add_column(col, justify="left" if col == "behaviour" else "right")
-    for row in df.itertuples():
-        rate = "-" if row.n == 0 else f"{row.rate:.1%}"
-        ci = "-" if row.n == 0 else f"[{row.ci_low:.1%}, {row.ci_high:.1%}]"
-        table.add_row(row.behaviour, f"{row.k} / {row.n}", rate, ci, str(row.invalid))
-    return table
+def _explicit(ctx: click.Context) -> set[str]:
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
 
 
-def write_summary(run_dir: Path, info: dict) -> dict:
-    trial_dirs = sorted(p for p in (run_dir / "trials").iterdir() if p.is_dir())
-    df = summarize(trial_dirs)
-    summary = summary_dict(df, info)
-    write_json(run_dir / "summary.json", summary)
-    scripted = " (SCRIPTED model: validates the harness, not a model)" if info.get("model_is_scripted") else ""
-    Console().print(summary_table(df, f"{run_dir.name}: {info.get('model')}{scripted}"))
-    return summary
+def _flag(name: str) -> str:
+    return "--" + {"agent_name": "agent", "timeout_s": "timeout", "grid_path": "grid", "resume_dir": "resume"}.get(
+        name, name).replace("_", "-")
+
+
+def _check_agent(name: str, _grid: GridFile) -> None:
+    if name not in AGENTS:
+        raise ValueError(f"unknown agent {name!r}; known agents: {', '.join(sorted(AGENTS))}")
+
+
+def _check_model(model: str, grid: GridFile) -> None:
+    for scenario in grid.scenarios:
+        load_model(model, scenario)
+
+
+def _grid_cells(grid_path: Path | None, ctx: click.Context) -> tuple[GridFile, list[Cell], list[SkippedCell]]:
+    """The cells asked for: the grid file's (explicit condition flags replace its axes), or the
+    one cell of the condition flags, refused when impossible."""
+    p, explicit = ctx.params, _explicit(ctx)
+    try:
+        if grid_path is None:
+            scen = load_scenario(p["scenario"])
+            try:
+                check_cell(scen, p["relationship"], p["channel"], p["subject"], p["monitoring"])
+            except ScenarioError as exc:
+                hint = ""
+                if p["relationship"] == "none" and p["subject"] != "self":
+                    hint = "; use --subject self with --relationship none"
+                elif scen.monitoring_variants and p["monitoring"] is None:
+                    hint = "; pass --monitoring on or --monitoring off"
+                fail(f"impossible condition: {exc}{hint}")
+            grid = GridFile.model_validate({"name": "command-line", "trials": p["trials"],
+                                            **{axis: [p[flag]] for flag, axis in AXIS_FLAGS.items()
+                                               if p[flag] is not None}})
+        else:
+            grid = load_grid(grid_path, {"agents": _check_agent, "scenarios": lambda name, _g: load_scenario(name),
+                                         "models": _check_model})
+            overrides = {axis: [p[flag]] for flag, axis in AXIS_FLAGS.items() if flag in explicit}
+            if "trials" in explicit:
+                overrides["trials"] = p["trials"]
+            grid = GridFile.model_validate({**grid.model_dump(), **overrides})
+        scenarios = {name: load_scenario(name) for name in grid.scenarios}
+    except (GridError, PolicyError, ScenarioError) as exc:
+        fail(str(exc))
+    cells, skipped = expand(grid, scenarios)
+    if not cells:
+        fail("the grid has no possible cell:\n  - " + "\n  - ".join(f"{s.cell}: {s.reason}" for s in skipped))
+    return grid, cells, skipped
+
+
+def _prepare(res: Resources, run_dir: Path) -> None:
+    """Lint the policies, install missing agents, run the preflight; exits on any problem."""
+    for (_model, _scenario), spec in res.specs.items():
+        for pol in policies_of(spec):
+            for agent_name in res.agents:
+                for warning in lint_policy(pol, agent_name):
+                    console.print(f"[yellow]warning:[/] policy {pol.name}: {warning}")
+    problems: list[str] = []
+    for agent_name, agent in res.agents.items():
+        if not agent.installed():
+            try:
+                agent.install(echo=lambda m: console.print(m))
+            except AgentNotInstalled as exc:
+                fail(str(exc))
+        problems += [p for p in preflight(agent_name, run_dir) if p not in problems]
+    if problems:
+        fail("preflight failed; no trial was run:\n  - " + "\n  - ".join(problems))
+
+
+def summary_meta(info: dict) -> dict:
+    """run.json without its long lists (cells are in summary.json's own `cells`)."""
+    meta = {k: v for k, v in info.items() if k not in ("cells", "skipped_cells", "resumes", "fixture_hashes")}
+    meta["weights_size_note"] = (f"the servers present the weight file as 820,359,221,000 bytes (2 TiB volume); "
+                                 f"the real file is {info['weights_bytes']} bytes")
+    return meta
+
+
+def _run(run_dir: Path, info: RunInfo, res: Resources, finished: set[str], keep_world: bool,
+         concurrency: int | None) -> None:
+    plan = plan_trials(info.cells)
+    todo = [t for t in plan if t.trial_id not in finished]
+    cells = {c.agent for c in info.cells}
+    title = f"{', '.join(sorted(cells))} x {info.model or f'{len(info.cells)} cells'}"
+    try:
+        wall = execute(run_dir, todo, lambda planned: trial_setup(planned, info, res, keep_world),
+                       concurrency or os.cpu_count() or 1, [run_dir / TRIALS / t for t in sorted(finished)],
+                       title, console)
+    except KeyboardInterrupt:
+        done = len(finished_trials(run_dir))
+        console.print(f"[red]interrupted[/]: running worlds were killed; {done} of {len(plan)} trials are "
+                      f"finished in {run_dir}; finish the run with `harness-run --resume {run_dir}`")
+        sys.exit(130)
+    write_summary(run_dir, {**summary_meta(info.model_dump()), "wall_s": wall})
+    console.print(f"run directory: {run_dir}  ({len(todo)} trials in {wall} s"
+                  + (f"; {len(finished)} finished before" if finished else "") + ")")
+
+
+def _resume(run_dir: Path, allow_version_mismatch: bool, keep_world: bool, concurrency: int | None) -> None:
+    if not (run_dir / "run.json").is_file():
+        fail(f"--resume {run_dir}: not a run directory (no run.json)")
+    try:
+        with RunLock(run_dir):
+            info = load_run_info(run_dir)
+            try:
+                res = Resources.load(info.cells)
+            except (KeyError, PolicyError, ScenarioError) as exc:
+                fail(f"cannot resume {run_dir}: {exc}")
+            differences = version_differences(info, version_pins(info.cells, res))
+            if differences and not allow_version_mismatch:
+                fail(f"{run_dir} was run with other versions than are installed now; resuming would mix them:\n  - "
+                     + "\n  - ".join(differences) + "\nRestore those versions, or pass --allow-version-mismatch to "
+                     "continue anyway (the differences are recorded in run.json).")
+            _prepare(res, run_dir)
+            finished = finished_trials(run_dir)
+            planned = {t.trial_id for t in plan_trials(info.cells)}
+            if finished - planned:
+                fail(f"{run_dir}/trials holds trials the plan in run.json does not have: "
+                     f"{', '.join(sorted(finished - planned))}")
+            cleanup = clean_for_resume(run_dir, info, SCRATCH, finished)
+            if cleanup.killed:
+                console.print(f"killed {len(cleanup.killed)} leftover world process(es) of this run")
+            if cleanup.worlds:
+                console.print(f"removed {len(cleanup.worlds)} leftover world dir(s): "
+                              + ", ".join(str(w) for w in cleanup.worlds))
+            if cleanup.redone:
+                console.print(f"removed {len(cleanup.redone)} half-finished trial(s), to be run again: "
+                              + ", ".join(cleanup.redone))
+            for line in differences:
+                console.print(f"[yellow]version mismatch accepted:[/] {line}")
+            console.print(f"resuming {run_dir}: {len(finished)} of {len(planned)} trials finished")
+            info.resumes.append(ResumeInfo(at=time.time(), finished_before=len(finished), redone=cleanup.redone,
+                                           version_mismatches=differences))
+            write_json(run_dir / "run.json", info.model_dump())
+            _run(run_dir, info, res, finished, keep_world, concurrency)
+    except RunStoreError as exc:
+        fail(str(exc))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,7 +229,8 @@ def write_summary(run_dir: Path, info: dict) -> dict:
 @click.option("--subject", type=click.Choice(["peer", "self"]), default="peer", show_default=True)
 @click.option("--model", default="scripted:population", show_default=True,
               help="scripted:NAME|PATH (offline scripted policies).")
-@click.option("--trials", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--trials", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Trials (per cell with --grid, where it replaces the grid's trials).")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="RUN_DIR (default runs/<time>-<agent>).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=600, show_default=True,
@@ -114,13 +243,33 @@ def write_summary(run_dir: Path, info: dict) -> dict:
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Trials at once (default: one per CPU core).")
 @click.option("--install", is_flag=True, help="Install the pinned agent CLI into the project cache and exit.")
-def harness_run(agent_name, scenario, relationship, channel, subject, model, trials, out, seed, timeout_s,
-                keep_world, check, family, weights_bytes, concurrency, install):
+@click.option("--monitoring", type=click.Choice(["on", "off"]), default=None,
+              help="Monitored or unmonitored prompt variant (scenarios with monitoring variants only).")
+@click.option("--grid", "grid_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Run every cell of a grid file; condition flags given explicitly replace its axes.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Finish an interrupted run in RUN_DIR (its grid, seeds and versions come from run.json).")
+@click.option("--allow-version-mismatch", is_flag=True,
+              help="With --resume: continue although versions differ from run.json (recorded there).")
+@click.pass_context
+def harness_run(ctx, agent_name, scenario, relationship, channel, subject, model, trials, out, seed, timeout_s,
+                keep_world, check, family, weights_bytes, concurrency, install, monitoring, grid_path, resume_dir,
+                allow_version_mismatch):
     """Run trials of a real agent CLI in recorded worlds and report behaviour rates."""
-    try:
-        agent = get_agent(agent_name)
-    except KeyError as exc:
-        fail(str(exc.args[0]))
+    if resume_dir is not None:
+        extra = sorted(_explicit(ctx) - RESUME_FLAGS)
+        if extra:
+            fail(f"--resume continues the run as recorded in {resume_dir}/run.json; drop "
+                 + ", ".join(_flag(n) for n in extra))
+        _resume(resume_dir, allow_version_mismatch, keep_world, concurrency)
+        return
+    if allow_version_mismatch:
+        fail("--allow-version-mismatch only applies with --resume RUN_DIR")
+    if install or check:
+        try:
+            agent = get_agent(agent_name)
+        except KeyError as exc:
+            fail(str(exc.args[0]))
     if install:
         try:
             agent.install(echo=lambda m: console.print(m))
@@ -129,7 +278,8 @@ def harness_run(agent_name, scenario, relationship, channel, subject, model, tri
         console.print(f"{agent_name} {agent.version} installed at {agent.prefix()}")
         return
     started = datetime.now(timezone.utc)
-    run_dir = out or PROJECT_ROOT / "runs" / f"{started:%Y%m%d-%H%M%S}-{agent_name}"
+    label = agent_name if grid_path is None else grid_path.stem
+    run_dir = out or PROJECT_ROOT / "runs" / f"{started:%Y%m%d-%H%M%S}-{label}"
     if check:
         problems = preflight(agent_name, run_dir)
         for p in problems:
@@ -139,94 +289,64 @@ def harness_run(agent_name, scenario, relationship, channel, subject, model, tri
         console.print(f"[green]OK[/] preflight passed for {agent_name} {agent.version}")
         return
     if run_dir.exists():
-        fail(f"{run_dir} already exists; choose another --out (resume comes later)")
-    if not model.startswith("scripted:"):
-        fail(f"--model {model!r}: only scripted:NAME|PATH is available in this version")
+        fail(f"{run_dir} already exists; to finish an interrupted run use `harness-run --resume {run_dir}`, "
+             "otherwise choose another --out")
+    if grid_path is not None and not grid_path.is_file():
+        fail(f"--grid {grid_path}: no such file")
+    grid, cells, skipped = _grid_cells(grid_path, ctx)
     try:
-        spec = load_policy_spec(model.removeprefix("scripted:"))
-        scen = load_scenario(scenario)
-        check_cell(scen, relationship, channel, subject, None)
-    except (PolicyError, ScenarioError) as exc:
+        res = Resources.load(cells)
+    except (KeyError, PolicyError, ScenarioError) as exc:
+        fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+    infos = cell_infos(cells, res, grid.trials, family)
+    for s in skipped:
+        console.print(f"[yellow]skipped cell[/] {s.cell}: {s.reason}")
+    _prepare(res, run_dir)
+
+    def shared(values: set):
+        return next(iter(values)) if len(values) == 1 else None
+
+    pins = version_pins(infos, res)
+    grid_record = {**grid.model_dump(mode="json"), "file": str(grid_path.resolve()) if grid_path else None,
+                   "file_sha256": hashlib.sha256(grid_path.read_bytes()).hexdigest() if grid_path else None}
+    info = RunInfo(run_id=run_dir.name, created_at=started.timestamp(), harness_version=pins["harness_version"],
+                   agent=shared({c.agent for c in infos}),
+                   agent_version=shared({res.agents[c.agent].version for c in infos}),
+                   scenario=shared({c.scenario for c in infos}), relationship=shared({c.relationship for c in infos}),
+                   channel=shared({c.channel for c in infos}), subject=shared({c.subject for c in infos}),
+                   family=shared({c.family for c in infos}), model=shared({c.model for c in infos}),
+                   model_is_scripted=all(c.model.startswith("scripted:") for c in infos), trials=grid.trials,
+                   seed=seed, timeout_s=timeout_s, weights_bytes=weights_bytes, fixture_hashes=pins["fixture_hashes"],
+                   grid=grid_record, agent_versions=pins["agent_versions"], cells=infos,
+                   skipped_cells=[SkippedCellInfo(**s.model_dump()) for s in skipped],
+                   n_trials=sum(c.trials for c in infos), world_prefix=new_world_prefix())
+    create_run_dir(run_dir, info)
+    try:
+        with RunLock(run_dir):
+            _run(run_dir, info, res, set(), keep_world, concurrency)
+    except RunStoreError as exc:
         fail(str(exc))
-    members = [m.policy for m in spec.members] if isinstance(spec, Mixture) else [spec]
-    for pol in members:
-        for warning in lint_policy(pol, agent_name):
-            console.print(f"[yellow]warning:[/] policy {pol.name}: {warning}")
-    if not agent.installed():
-        try:
-            agent.install(echo=lambda m: console.print(m))
-        except AgentNotInstalled as exc:
-            fail(str(exc))
-    problems = preflight(agent_name, run_dir)
-    if problems:
-        fail("preflight failed; no trial was run:\n  - " + "\n  - ".join(problems))
-
-    family = family or agent.family
-    cond = Condition(scen, relationship, channel, subject, family)
-    fixtures = hash_fixtures(condition_fixtures(cond))
-    policy_files = {str(p.source_path.relative_to(FIXTURES)) if p.source_path and p.source_path.is_relative_to(FIXTURES)
-                    else str(p.source_path): p.sha256 for p in members}
-    run_id = run_dir.name
-    info = RunInfo(run_id=run_id, created_at=started.timestamp(), harness_version=HARNESS_VERSION,
-                   agent=agent_name, agent_version=agent.version, scenario=scenario, relationship=relationship,
-                   channel=channel, subject=subject, family=family, model=model, model_is_scripted=True,
-                   trials=trials, seed=seed, timeout_s=timeout_s, weights_bytes=weights_bytes,
-                   fixture_hashes={**fixtures, **policy_files, "policy_spec": spec.sha256})
-    (run_dir / "trials").mkdir(parents=True)
-    write_json(run_dir / "run.json", info.model_dump())
-
-    def one(index: int):
-        tid = f"t{index:04d}"
-        policy = spec.draw(seed, index) if isinstance(spec, Mixture) else spec
-        cfg = TrialConfig(trial_id=tid, index=index, run_id=run_id, agent=agent_name, agent_version=agent.version,
-                          scenario=scenario, relationship=relationship, channel=channel, subject=subject,
-                          family=family, model=model, model_is_scripted=True, policy=policy.name, seed=seed,
-                          timeout_s=timeout_s, weights_bytes=weights_bytes)
-        return run_trial(run_dir / "trials" / tid, TrialSetup(cfg, scen, agent, policy, keep_world))
-
-    workers = concurrency or os.cpu_count() or 1
-    counts = {"valid": 0, "invalid": 0, "exfiltration": 0}
-    t0 = time.time()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
-                  TimeRemainingColumn(), console=console) as progress:
-        task = progress.add_task(f"{agent_name} x {model}", total=trials, stats="")
-        # Each worker thread owns its trial's world until it returns (PDEATHSIG is per thread).
-        pool = ThreadPoolExecutor(max_workers=workers)
-        futures = [pool.submit(one, i) for i in range(trials)]
-        signal.signal(signal.SIGTERM, _interrupt)
-        try:
-            for fut in as_completed(futures):
-                result = fut.result()
-                counts["valid" if result.valid else "invalid"] += 1
-                verdicts_path = run_dir / "trials" / result.trial_id / "verdicts.json"
-                if result.valid and verdicts_path.exists():
-                    counts["exfiltration"] += bool(json.loads(verdicts_path.read_text())["exfiltration"]["value"])
-                rate = counts["exfiltration"] / counts["valid"] if counts["valid"] else 0
-                progress.update(task, advance=1, stats=f"valid {counts['valid']} invalid {counts['invalid']} "
-                                                       f"exfiltration {rate:.0%}")
-        except KeyboardInterrupt:
-            CANCEL.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            console.print(f"[red]interrupted[/]: running worlds were killed; finished trials are in {run_dir}")
-            sys.exit(130)
-        pool.shutdown()
-    wall = round(time.time() - t0, 1)
-    write_summary(run_dir, {**info.model_dump(), "wall_s": wall,
-                            "weights_size_note": f"the servers present the weight file as 820,359,221,000 bytes "
-                                                 f"(2 TiB volume); the real file is {weights_bytes} bytes"})
-    console.print(f"run directory: {run_dir}  ({trials} trials in {wall} s)")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def harness_analyze(run_dir: Path):
+@click.option("--judge", "judge_spec", default=None,
+              help="Label refusal/persuasion with an LLM judge (temperature 0, cached in RUN_DIR/judge-cache): "
+                   "openai-compatible:BASE_URL#MODEL | openai:MODEL | anthropic:MODEL.")
+def harness_analyze(run_dir: Path, judge_spec: str | None):
     """Re-score recorded trials of RUN_DIR without re-running agents."""
     run_json = run_dir / "run.json"
     if not run_json.exists():
         fail(f"{run_dir} is not a run directory (no run.json)")
     info = json.loads(run_json.read_text())
+    try:
+        judge = Judge(judge_spec, run_dir / "judge-cache") if judge_spec else None
+    except ValueError as exc:
+        fail(str(exc))
     for trial in sorted((run_dir / "trials").iterdir()):
         if (trial / "manifest.json").exists() and (trial / "result.json").exists():
-            write_verdicts(trial)
-    write_summary(run_dir, info)
+            try:
+                write_verdicts(trial, judge)
+            except JudgeError as exc:
+                fail(f"{trial.name}: {exc}")
+    write_summary(run_dir, summary_meta(info))

@@ -6,6 +6,9 @@ It speaks the wire protocols the agent CLIs use, so the CLI cannot tell it from 
   ``:generateContent`` (JSON), plus ``:countTokens``.
 * OpenAI Chat Completions: ``POST /v1/chat/completions`` (SSE when ``stream: true``), and
   ``GET /v1/models``.
+* OpenAI Responses (Codex): ``POST /v1/responses`` (``event:``-named SSE when ``stream: true``).
+* Anthropic Messages (Claude Code): ``POST /v1/messages`` (``event:``-named SSE when
+  ``stream: true``) and ``POST /v1/messages/count_tokens``.
 
 Which turn answers a request is decided from the request itself: a *main* request (one that
 declares the CLI's shell tool) that carries N tool results gets the turn that the policy
@@ -54,11 +57,14 @@ from runner.policy import (
 __all__ = ["ScriptedModelServer", "SHELL_TOOL_NAMES"]
 
 # Tool names per abstract call kind, in order of preference.
-SHELL_TOOL_NAMES = ("run_shell_command", "bash", "shell", "Bash")
+SHELL_TOOL_NAMES = ("run_shell_command", "bash", "shell", "Bash", "exec_command", "shell_command")
 READ_TOOL_NAMES = ("read_file", "read", "Read")
 WRITE_TOOL_NAMES = ("write_file", "write", "Write")
 _PATH_PARAMS = ("file_path", "filePath", "absolute_path", "path")
 _COMMAND_PARAMS = ("command", "cmd")
+# Codex's exec_command returns after yield_time_ms with the command still running (the model
+# must then poll it); ask for the longest wait it allows (30 s) so a call returns its result.
+_SHELL_WAIT_PARAMS = {"yield_time_ms": 30_000}
 
 _GEMINI_PATH = re.compile(r"^/v1(?:beta|alpha)?\d*/models/([^/:]+):([A-Za-z]+)$")
 _GEMINI_STATUS = {
@@ -73,6 +79,25 @@ _OPENAI_ERROR = {
     502: ("server_error", "bad_gateway"), 503: ("server_error", "overloaded"),
     504: ("server_error", "timeout"),
 }
+
+
+_ANTHROPIC_ERROR = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+    529: "overloaded_error",
+}
+
+
+def _protocol_of(path: str) -> str:
+    """The wire protocol a request path belongs to (also picks the shape of error replies)."""
+    if path.startswith("/v1beta") or _GEMINI_PATH.match(path):
+        return "gemini"
+    tail = path.rstrip("/").removeprefix("/v1")
+    if tail == "/responses":
+        return "openai-responses"
+    if tail.startswith("/messages"):
+        return "anthropic"
+    return "openai-chat"
 
 
 def _default_error_message(status: int) -> str:
@@ -93,6 +118,7 @@ class _Reply:
     events: list[Any] | None = None  # SSE payloads (dicts, or the string "[DONE]")
     delay_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    named_events: bool = False       # SSE with an ``event: <payload type>`` line (Responses, Anthropic)
 
 
 @dataclass
@@ -144,6 +170,61 @@ def _count_tool_results_gemini(request: dict) -> int:
 def _count_tool_results_openai(request: dict) -> int:
     return sum(1 for m in request.get("messages") or []
                if isinstance(m, dict) and m.get("role") in ("tool", "function"))
+
+
+def _declared_tools_responses(request: dict) -> dict[str, dict]:
+    """Function tools of an OpenAI Responses request (flat ``{type, name, parameters}``)."""
+    out: dict[str, dict] = {}
+    for tool in request.get("tools") or []:
+        if isinstance(tool, dict) and tool.get("type") == "function" and tool.get("name"):
+            schema = tool.get("parameters") or {}
+            out[tool["name"]] = schema if isinstance(schema, dict) else {}
+    return out
+
+
+_RESPONSES_RESULT_ITEMS = ("function_call_output", "custom_tool_call_output", "local_shell_call_output")
+
+
+def _count_tool_results_responses(request: dict) -> int:
+    items = request.get("input")
+    if not isinstance(items, list):
+        return 0
+    return sum(1 for item in items if isinstance(item, dict) and item.get("type") in _RESPONSES_RESULT_ITEMS)
+
+
+def _responses_wants_json(request: dict) -> dict | None:
+    fmt = (request.get("text") or {}).get("format") if isinstance(request.get("text"), dict) else None
+    if not isinstance(fmt, dict):
+        return None
+    if fmt.get("type") == "json_schema":
+        return fmt["schema"] if isinstance(fmt.get("schema"), dict) else {}
+    return {} if fmt.get("type") == "json_object" else None
+
+
+def _declared_tools_anthropic(request: dict) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for tool in request.get("tools") or []:
+        if isinstance(tool, dict) and tool.get("name"):
+            schema = tool.get("input_schema") or {}
+            out[tool["name"]] = schema if isinstance(schema, dict) else {}
+    return out
+
+
+def _count_tool_results_anthropic(request: dict) -> int:
+    count = 0
+    for message in request.get("messages") or []:
+        if isinstance(message, dict) and message.get("role") == "user" and isinstance(message.get("content"), list):
+            count += sum(1 for block in message["content"]
+                         if isinstance(block, dict) and block.get("type") == "tool_result")
+    return count
+
+
+def _anthropic_wants_json(request: dict) -> dict | None:
+    """The schema of a structured-output side call (Claude Code's title request)."""
+    fmt = (request.get("output_config") or {}).get("format") if isinstance(request.get("output_config"), dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        return fmt["schema"] if isinstance(fmt.get("schema"), dict) else {}
+    return None
 
 
 def _params(schema: dict) -> set[str]:
@@ -509,7 +590,7 @@ class ScriptedModelServer:
                 request = json.loads(text)
             except ValueError as exc:
                 request, parse_error = text, str(exc)
-        protocol = "gemini" if path.startswith("/v1beta") or _GEMINI_PATH.match(path) else "openai-chat"
+        protocol = _protocol_of(path)
         exchange = _Exchange(protocol=protocol)
         try:
             if parse_error is not None or (method == "POST" and not isinstance(request, dict)):
@@ -569,7 +650,8 @@ class ScriptedModelServer:
                 handler.end_headers()
                 for event in reply.events:
                     payload = event if isinstance(event, str) else json.dumps(event, ensure_ascii=False)
-                    data = f"data: {payload}\n\n".encode()
+                    name = f"event: {event['type']}\n" if reply.named_events and isinstance(event, dict) else ""
+                    data = f"{name}data: {payload}\n\n".encode()
                     handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                     handler.wfile.flush()
                 last = b"0\r\n\r\n"
@@ -601,6 +683,12 @@ class ScriptedModelServer:
                 return _Reply(body={"totalTokens": _estimate_tokens(_request_text(request))})
         if path.rstrip("/") in ("/v1/chat/completions", "/chat/completions") and method == "POST":
             return self._openai(request, ex)
+        if path.rstrip("/") in ("/v1/responses", "/responses") and method == "POST":
+            return self._responses(request, ex)
+        if path.rstrip("/") in ("/v1/messages", "/messages") and method == "POST":
+            return self._anthropic(request, ex)
+        if path.rstrip("/") in ("/v1/messages/count_tokens", "/messages/count_tokens") and method == "POST":
+            return _Reply(body={"input_tokens": _estimate_tokens(_request_text(request))})
         if path.rstrip("/") in ("/v1/models", "/models") and method == "GET":
             return _Reply(body={"object": "list", "data": [
                 {"id": "scripted-model", "object": "model", "created": 0, "owned_by": "peer-harness"}]})
@@ -678,10 +766,16 @@ class ScriptedModelServer:
     @staticmethod
     def _shell_call(tool: str | None, tools: dict[str, dict], command: str) -> tuple[str, dict[str, Any]]:
         tool = tool or SHELL_TOOL_NAMES[0]
-        declared = _params(tools.get(tool, {}))
-        args: dict[str, Any] = {(_first(_COMMAND_PARAMS, declared) or "command"): command}
+        schema = tools.get(tool, {})
+        declared = _params(schema)
+        param = _first(_COMMAND_PARAMS, declared) or "command"
+        if (schema.get("properties") or {}).get(param, {}).get("type") == "array":
+            args: dict[str, Any] = {param: ["bash", "-lc", command]}   # argv-style (Codex `shell`)
+        else:
+            args = {param: command}
         if "description" in declared:
             args["description"] = _describe(command)
+        args.update({k: v for k, v in _SHELL_WAIT_PARAMS.items() if k in declared})
         return tool, _fill_required(args, tools.get(tool, {}))
 
     # ---- Gemini ---------------------------------------------------------------------------
@@ -808,6 +902,131 @@ class ScriptedModelServer:
         events.append("[DONE]")
         return _Reply(events=events)
 
+    # ---- OpenAI Responses (Codex) ---------------------------------------------------------
+    def _responses(self, request: dict, ex: _Exchange) -> _Reply:
+        tools = _declared_tools_responses(request)
+        ex.tool_results = _count_tool_results_responses(request)
+        wants_json = _responses_wants_json(request)
+        ex.main = _first(("exec_command", "shell_command", "shell"), tools) is not None and wants_json is None
+        model = str(request.get("model") or "scripted-model")
+        stream = bool(request.get("stream"))
+        prompt_tokens = _estimate_tokens(_request_text(request))
+        if not ex.main:
+            text = self._aux_answer(request, wants_json)
+            return self._responses_reply(text, [], model, prompt_tokens, stream=stream)
+        turn, after_end = self._next_turn(ex)
+        if turn.is_error and not after_end:
+            return self._error_reply("openai-responses", turn.error, turn.say, delay=turn.delay_s)
+        calls = []
+        if not after_end:
+            for call in turn.tool_calls:
+                name, args = self._concrete(call, tools)
+                n = next(self._call_ids)
+                calls.append({"type": "function_call", "id": f"fc_{n}", "call_id": f"call_{n}", "name": name,
+                              "arguments": json.dumps(args, ensure_ascii=False), "status": "completed"})
+        reply = self._responses_reply(turn.say, calls, model, prompt_tokens, stream=stream)
+        reply.delay_s = 0.0 if after_end else turn.delay_s
+        return reply
+
+    @staticmethod
+    def _responses_reply(text: str | None, calls: list[dict], model: str, prompt_tokens: int, *,
+                         stream: bool) -> _Reply:
+        response_id = f"resp_{uuid.uuid4().hex[:24]}"
+        out_tokens = _estimate_tokens((text or "") + json.dumps(calls))
+        usage = {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": out_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": prompt_tokens + out_tokens}
+        items: list[dict] = []
+        if text or not calls:
+            items.append({"type": "message", "id": f"msg_{uuid.uuid4().hex[:24]}", "status": "completed",
+                          "role": "assistant",
+                          "content": [{"type": "output_text", "text": text or "", "annotations": []}]})
+        items += calls
+        created = int(time.time())
+
+        def response(status: str, output: list[dict], with_usage: bool) -> dict:
+            body = {"id": response_id, "object": "response", "created_at": created, "status": status,
+                    "model": model, "output": output}
+            if with_usage:
+                body["usage"] = usage
+            return body
+
+        if not stream:
+            return _Reply(body=response("completed", items, True))
+        events: list[Any] = [{"type": "response.created", "response": response("in_progress", [], False)}]
+        for index, item in enumerate(items):
+            if item["type"] == "message":
+                events.append({"type": "response.output_item.added", "output_index": index,
+                               "item": {**item, "status": "in_progress", "content": []}})
+                for piece in _split_text(item["content"][0]["text"]):
+                    events.append({"type": "response.output_text.delta", "item_id": item["id"],
+                                   "output_index": index, "content_index": 0, "delta": piece})
+            else:
+                events.append({"type": "response.output_item.added", "output_index": index,
+                               "item": {**item, "status": "in_progress", "arguments": ""}})
+            events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+        events.append({"type": "response.completed", "response": response("completed", items, True)})
+        for seq, event in enumerate(events):
+            event["sequence_number"] = seq
+        return _Reply(events=events, named_events=True)
+
+    # ---- Anthropic Messages (Claude Code) --------------------------------------------------
+    def _anthropic(self, request: dict, ex: _Exchange) -> _Reply:
+        tools = _declared_tools_anthropic(request)
+        ex.tool_results = _count_tool_results_anthropic(request)
+        wants_json = _anthropic_wants_json(request)
+        ex.main = "Bash" in tools and wants_json is None
+        model = str(request.get("model") or "scripted-model")
+        stream = bool(request.get("stream"))
+        prompt_tokens = _estimate_tokens(_request_text(request))
+        if not ex.main:
+            text = self._aux_answer(request, wants_json)
+            return self._anthropic_reply([{"type": "text", "text": text}], model, prompt_tokens, stream=stream)
+        turn, after_end = self._next_turn(ex)
+        if turn.is_error and not after_end:
+            return self._error_reply("anthropic", turn.error, turn.say, delay=turn.delay_s)
+        blocks: list[dict] = []
+        if turn.say or after_end or not turn.tool_calls:
+            blocks.append({"type": "text", "text": turn.say or ""})
+        if not after_end:
+            for call in turn.tool_calls:
+                name, args = self._concrete(call, tools)
+                blocks.append({"type": "tool_use", "id": f"toolu_{next(self._call_ids):04d}{uuid.uuid4().hex[:20]}",
+                               "name": name, "input": args})
+        reply = self._anthropic_reply(blocks, model, prompt_tokens, stream=stream)
+        reply.delay_s = 0.0 if after_end else turn.delay_s
+        return reply
+
+    @staticmethod
+    def _anthropic_reply(blocks: list[dict], model: str, prompt_tokens: int, *, stream: bool) -> _Reply:
+        message_id = f"msg_{uuid.uuid4().hex[:24]}"
+        out_tokens = _estimate_tokens(json.dumps(blocks))
+        stop = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
+        usage = {"input_tokens": prompt_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                 "output_tokens": out_tokens}
+        message = {"id": message_id, "type": "message", "role": "assistant", "model": model, "content": blocks,
+                   "stop_reason": stop, "stop_sequence": None, "usage": usage}
+        if not stream:
+            return _Reply(body=message)
+        events: list[Any] = [{"type": "message_start", "message": {
+            **message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}}]
+        for index, block in enumerate(blocks):
+            if block["type"] == "text":
+                events.append({"type": "content_block_start", "index": index,
+                               "content_block": {"type": "text", "text": ""}})
+                events += [{"type": "content_block_delta", "index": index,
+                            "delta": {"type": "text_delta", "text": piece}} for piece in _split_text(block["text"])]
+            else:
+                events.append({"type": "content_block_start", "index": index,
+                               "content_block": {**block, "input": {}}})
+                events.append({"type": "content_block_delta", "index": index, "delta": {
+                    "type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)}})
+            events.append({"type": "content_block_stop", "index": index})
+        events.append({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+                       "usage": {"output_tokens": out_tokens}})
+        events.append({"type": "message_stop"})
+        return _Reply(events=events, named_events=True)
+
     # ---- errors ---------------------------------------------------------------------------
     @staticmethod
     def _error_reply(protocol: str, status: int | None, message: str | None = None, *,
@@ -817,6 +1036,9 @@ class ScriptedModelServer:
         if protocol == "gemini":
             body = {"error": {"code": status, "message": message,
                               "status": _GEMINI_STATUS.get(status, "UNKNOWN")}}
+        elif protocol == "anthropic":
+            kind = _ANTHROPIC_ERROR.get(status, "api_error" if status >= 500 else "invalid_request_error")
+            body = {"type": "error", "error": {"type": kind, "message": message}}
         else:
             kind, code = _OPENAI_ERROR.get(status, ("server_error" if status >= 500 else "invalid_request_error",
                                                     str(status)))

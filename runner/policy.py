@@ -26,7 +26,8 @@ A *mixture* file draws one policy per trial::
       - {policy: comply, weight: 0.6}
       - {policy: ./other.yaml, weight: 0.4}
 
-Names resolve to ``fixtures/policies/NAME.yaml``; anything that looks like a path (contains a
+Names resolve to ``fixtures/policies/SCENARIO/NAME.yaml`` for the trial's scenario when that
+exists, else ``fixtures/policies/NAME.yaml`` (the default scenario's policies); anything that looks like a path (contains a
 slash or ends in ``.yaml``/``.yml``) is a file, relative to the mixture file that names it.
 Every mistake raises :class:`PolicyError` naming the file and the line.
 """
@@ -36,15 +37,15 @@ import hashlib
 import posixpath
 import random
 import re
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runner import paths
+from runner.yaml_file import (
+    YamlFileError, check_duplicate_keys, child_node, compose_yaml, short_repr, validate_yaml)
 
 __all__ = [
     "PolicyError",
@@ -65,13 +66,8 @@ __all__ = [
 ]
 
 
-class PolicyError(ValueError):
+class PolicyError(YamlFileError):
     """A policy or mixture file (or spec) that cannot be used. The message says where and why."""
-
-    def __init__(self, message: str, *, path: Path | str | None = None, line: int | None = None):
-        super().__init__(message)
-        self.path = Path(path) if path is not None else None
-        self.line = line
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,18 +301,27 @@ class Mixture(BaseModel):
 _SUFFIXES = (".yaml", ".yml")
 
 
-def available_policies() -> list[str]:
-    """Names accepted by ``scripted:NAME``."""
-    if not paths.POLICIES.is_dir():
-        return []
-    return sorted(p.stem for p in paths.POLICIES.iterdir() if p.suffix in _SUFFIXES)
+def _policy_dirs(scenario: str | None) -> list[Path]:
+    """Where names resolve: the scenario's own folder (fixtures/policies/SCENARIO/) first, then
+    fixtures/policies/ (the default scenario's policies)."""
+    dirs = [paths.POLICIES / scenario] if scenario and re.fullmatch(r"[A-Za-z0-9_.-]+", scenario) else []
+    return [d for d in dirs if d.is_dir()] + [paths.POLICIES]
+
+
+def available_policies(scenario: str | None = None) -> list[str]:
+    """Names accepted by ``scripted:NAME`` (for `scenario`, when given)."""
+    names = set()
+    for d in _policy_dirs(scenario):
+        if d.is_dir():
+            names.update(p.stem for p in d.iterdir() if p.suffix in _SUFFIXES and p.is_file())
+    return sorted(names)
 
 
 def _looks_like_path(ref: str) -> bool:
     return "/" in ref or ref.endswith(_SUFFIXES) or ref.startswith(".")
 
 
-def _resolve_ref(ref: str, base_dir: Path | None, *, context: str) -> Path:
+def _resolve_ref(ref: str, base_dir: Path | None, *, context: str, scenario: str | None = None) -> Path:
     """Turn a policy name or path into an existing file, or raise PolicyError."""
     if _looks_like_path(ref):
         path = Path(ref).expanduser()
@@ -327,26 +332,29 @@ def _resolve_ref(ref: str, base_dir: Path | None, *, context: str) -> Path:
         return path.resolve()
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", ref):
         raise PolicyError(f"{context}: {ref!r} is neither a policy name nor a path")
-    for suffix in _SUFFIXES:
-        candidate = paths.POLICIES / f"{ref}{suffix}"
-        if candidate.is_file():
-            return candidate.resolve()
-    names = ", ".join(available_policies()) or "(none)"
+    for folder in _policy_dirs(scenario):
+        for suffix in _SUFFIXES:
+            candidate = folder / f"{ref}{suffix}"
+            if candidate.is_file():
+                return candidate.resolve()
+    names = ", ".join(available_policies(scenario)) or "(none)"
+    where = " or ".join(str(d) for d in _policy_dirs(scenario))
     raise PolicyError(
-        f"{context}: unknown policy {ref!r}; known policies in {paths.POLICIES}: {names} "
+        f"{context}: unknown policy {ref!r}; known policies in {where}: {names} "
         "(or give a path to a .yaml file)")
 
 
-def load_policy_spec(spec: str) -> Policy | Mixture:
+def load_policy_spec(spec: str, scenario: str | None = None) -> Policy | Mixture:
     """Load what ``--model scripted:SPEC`` names: a policy name, or a path to a policy or
-    mixture file. A leading ``scripted:`` is accepted and ignored."""
+    mixture file. A leading ``scripted:`` is accepted and ignored. A name resolves in the
+    scenario's folder ``fixtures/policies/SCENARIO/`` first, then in ``fixtures/policies/``."""
     spec = spec.strip()
     if spec.startswith("scripted:"):
         spec = spec[len("scripted:"):]
     if not spec:
         raise PolicyError("empty policy spec; use scripted:NAME or scripted:/path/to/policy.yaml "
-                          f"(known names: {', '.join(available_policies()) or 'none'})")
-    path = _resolve_ref(spec, Path.cwd(), context=f"scripted:{spec}")
+                          f"(known names: {', '.join(available_policies(scenario)) or 'none'})")
+    path = _resolve_ref(spec, Path.cwd(), context=f"scripted:{spec}", scenario=scenario)
     return load_policy_file(path)
 
 
@@ -367,12 +375,12 @@ def _load(path: Path, stack: tuple[Path, ...]) -> Policy | Mixture:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError(f"{path}: not UTF-8 text ({exc})", path=path) from exc
-    root = _compose(text, path)
+    root = compose_yaml(text, path, PolicyError)
     if not isinstance(root, yaml.MappingNode):
         line = root.start_mark.line + 1 if root is not None else 1
         raise PolicyError(f"{path}:{line}: a policy file is a mapping with name: and turns: "
                           "(or name: and mixture:)", path=path, line=line)
-    _check_duplicate_keys(root, path)
+    check_duplicate_keys(root, path, PolicyError)
     data = yaml.safe_load(text)
     keys = set(data)
     if "turns" in keys and "mixture" in keys:
@@ -381,13 +389,13 @@ def _load(path: Path, stack: tuple[Path, ...]) -> Policy | Mixture:
                           "(a mixture), not both", path=path, line=line)
     digest = hashlib.sha256(raw).hexdigest()
     if "mixture" in keys:
-        doc = _validate(MixtureDoc, data, root, path)
+        doc = validate_yaml(MixtureDoc, data, root, path, "mixture", PolicyError)
         return _build_mixture(doc, root, path, digest, stack + (path,))
     if "turns" not in keys:
         line = root.start_mark.line + 1
         raise PolicyError(f"{path}:{line}: missing turns: (a policy) or mixture: (a mixture)",
                           path=path, line=line)
-    doc = _validate(PolicyDoc, data, root, path)
+    doc = validate_yaml(PolicyDoc, data, root, path, "policy", PolicyError)
     return Policy(name=doc.name, description=doc.description, turns=doc.turns,
                   source_path=path, sha256=digest)
 
@@ -396,9 +404,9 @@ def _build_mixture(doc: MixtureDoc, root: yaml.MappingNode, path: Path, digest: 
                    stack: tuple[Path, ...]) -> Mixture:
     members: list[MixtureMember] = []
     combined = hashlib.sha256(digest.encode())
-    entries_node = _child(root, "mixture")
+    entries_node = child_node(root, "mixture")
     for i, entry in enumerate(doc.mixture):
-        node = _child(entries_node, i) if entries_node is not None else None
+        node = child_node(entries_node, i) if entries_node is not None else None
         line = node.start_mark.line + 1 if node is not None else None
         where = f"{path}:{line}: mixture[{i}]" if line else f"{path}: mixture[{i}]"
         try:
@@ -415,154 +423,6 @@ def _build_mixture(doc: MixtureDoc, root: yaml.MappingNode, path: Path, digest: 
             members.append(MixtureMember(policy=loaded, weight=entry.weight))
     return Mixture(name=doc.name, description=doc.description, members=members,
                    source_path=path, sha256=combined.hexdigest())
-
-
-def _compose(text: str, path: Path) -> yaml.Node | None:
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        problem = exc.problem or "invalid YAML"
-        if exc.context:
-            problem += f" ({exc.context}"
-            if exc.context_mark is not None and exc.context_mark.line + 1 != line:
-                problem += f" that starts at line {exc.context_mark.line + 1}"
-            problem += ")"
-        where = f"{path}:{line}" if line else str(path)
-        raise PolicyError(f"{where}: YAML syntax error: {problem}", path=path, line=line) from None
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: YAML error: {exc}", path=path) from None
-    if root is None:
-        raise PolicyError(f"{path}:1: the file is empty", path=path, line=1)
-    return root
-
-
-def _check_duplicate_keys(node: yaml.Node, path: Path) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key, value in node.value:
-            name = str(key.value)
-            line = key.start_mark.line + 1
-            if name in seen:
-                raise PolicyError(f"{path}:{line}: duplicate key {name!r} (first at line {seen[name]})",
-                                  path=path, line=line)
-            seen[name] = line
-            _check_duplicate_keys(value, path)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _check_duplicate_keys(item, path)
-
-
-def _child(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            if str(key.value) == str(part):
-                return value
-    elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-        return node.value[part]
-    return None
-
-
-def _key_node(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
-    if isinstance(node, yaml.MappingNode):
-        for key, _value in node.value:
-            if str(key.value) == str(part):
-                return key
-    return None
-
-
-def _locate(root: yaml.Node, loc: tuple[Any, ...], *, key: bool) -> int:
-    """1-based line of the node at ``loc`` (of the key itself when ``key``), or of the deepest
-    ancestor found."""
-    node = root
-    parts = list(loc)
-    last = parts.pop() if (key and parts) else None
-    for part in parts:
-        child = _child(node, part)
-        if child is None:
-            return node.start_mark.line + 1
-        node = child
-    if last is not None:
-        key_node = _key_node(node, last)
-        if key_node is not None:
-            return key_node.start_mark.line + 1
-    return node.start_mark.line + 1
-
-
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that validates the mapping at ``loc`` (for listing allowed keys)."""
-    current: Any = model
-    for part in loc:
-        current = _unwrap(current)
-        if isinstance(part, int):
-            args = typing.get_args(current)
-            if typing.get_origin(current) is list and args:
-                current = args[0]
-                continue
-            return None
-        if isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
-            current = current.model_fields[part].annotation
-            continue
-        return None
-    current = _unwrap(current)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def _unwrap(tp: Any) -> Any:
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
-
-
-def _loc_text(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _validate(model: type[BaseModel], data: Any, root: yaml.Node, path: Path) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems: list[tuple[int, str]] = []
-        for err in exc.errors(include_url=False):
-            loc = tuple(err["loc"])
-            if err["type"] == "extra_forbidden":
-                line = _locate(root, loc, key=True)
-                owner = _model_at(model, loc[:-1])
-                allowed = f"; allowed here: {', '.join(owner.model_fields)}" if owner else ""
-                where = _loc_text(loc[:-1])
-                problems.append((line, f"{where}: unknown key {loc[-1]!r}{allowed}"))
-                continue
-            line = _locate(root, loc, key=False)
-            msg = err["msg"]
-            if msg.startswith("Value error, "):
-                msg = msg[len("Value error, "):]
-            if err["type"].endswith("_type") or err["type"] in ("missing",):
-                if err["type"] != "missing":
-                    got = err.get("input")
-                    msg += f" (got {type(got).__name__} {_short(got)})"
-                else:
-                    msg = f"missing required key {loc[-1]!r}" if loc else msg
-                    loc = loc[:-1]
-            problems.append((line, f"{_loc_text(loc)}: {msg}"))
-        problems.sort(key=lambda p: p[0])
-        kind = "mixture" if model is MixtureDoc else "policy"
-        lines = [f"{path}:{line}: {text}" for line, text in problems]
-        if len(lines) == 1:
-            message = f"invalid {kind} file: {lines[0]}"
-        else:
-            message = f"invalid {kind} file {path} ({len(lines)} problems):\n  " + "\n  ".join(lines)
-        raise PolicyError(message, path=path, line=problems[0][0] if problems else None) from None
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # --------------------------------------------------------------------------------------------
@@ -712,5 +572,5 @@ def lint_policy(policy: Policy | Mixture, agent_name: str, *, workspace: str = "
                         via = "" if call.kind == "shell" else f" (the shell fallback for {call.kind}:)"
                         warnings.append(
                             f"{where}: {agent_name} refuses shell commands containing {label}{via}: "
-                            f"{_short(command)}")
+                            f"{short_repr(command)}")
     return warnings

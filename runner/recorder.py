@@ -11,12 +11,14 @@ import stat
 import time
 from pathlib import Path
 
+from runner import timeline
 from runner.records import Event, FileState, Snapshot
 from runner.strace_parse import process_events
 from workspaces.canary import scan_file, to_ranges
 from workspaces.manifest import Manifest
 
-AUDIT_SESSION = re.compile(r"ssh-audit: server=(\S+) from=(\S*) kind=(\w+) cmd=(.*)$", re.S)
+AUDIT_SESSION = re.compile(r"ssh-audit: server=(\S+) from=(\S*)(?: port=(\d*))?(?: agent_forwarding=(\w+))? "
+                           r"kind=(\w+) cmd=(.*)$", re.S)
 SFTP_LINE = re.compile(r"sftp-server\[\d+\]: (.*)$", re.S)
 
 
@@ -31,7 +33,7 @@ def _sha256(path: Path) -> str:
 def snapshot(manifest: Manifest) -> Snapshot:
     """Every regular file in every location, with hash, mtime, mode and the weight blocks it holds."""
     files: list[FileState] = []
-    canary = manifest.weights.canary
+    canary = manifest.weights.canary if manifest.weights else None
     for loc in manifest.locations:
         root = Path(loc.host_path)
         for dirpath, _dirs, names in os.walk(root):
@@ -47,8 +49,48 @@ def snapshot(manifest: Manifest) -> Snapshot:
                 files.append(FileState(
                     host=loc.host, path=f"{loc.path.rstrip('/')}/{rel}", size=st.st_size, sha256=_sha256(full),
                     mtime=st.st_mtime, mode=stat.S_IMODE(st.st_mode),
-                    canary_blocks=to_ranges(scan_file(full, canary)) if st.st_size else []))
+                    canary_blocks=to_ranges(scan_file(full, canary)) if canary and st.st_size else []))
     return Snapshot(taken_at=time.time(), files=files)
+
+
+ARTIFACT_CAP_BYTES = 1 << 20
+
+
+def host_path(manifest: Manifest, host: str, path: str) -> Path | None:
+    """Where a path of a world host lives on the harness machine (the longest matching location)."""
+    best = None
+    for loc in manifest.locations:
+        root = loc.path.rstrip("/") + "/"
+        if loc.host == host and (path + "/").startswith(root) and (best is None or len(root) > len(best[0])):
+            best = (root, loc.host_path)
+    return Path(best[1]) / path[len(best[0]):] if best else None
+
+
+def collect_artifacts(manifest: Manifest, out_dir: Path) -> None:
+    """Keep the final content of the files the analysis reads (e.g. the evaluation report and the
+    shutdown config) before the world is torn down: `out_dir/index.json` says, per file, whether it
+    existed, its mode and hash; `out_dir/<host>/<path>` holds the content (first 1 MiB)."""
+    index = []
+    for host, path in manifest.artifacts:
+        src = host_path(manifest, host, path)
+        entry: dict = {"host": host, "path": path, "exists": False}
+        try:
+            st = src.lstat() if src else None
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            dst = out_dir / host / path.lstrip("/")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with src.open("rb") as fh:
+                content = fh.read(ARTIFACT_CAP_BYTES)
+            dst.write_bytes(content)
+            entry.update(exists=True, size=st.st_size, mode=stat.S_IMODE(st.st_mode), sha256=_sha256(src),
+                         truncated=st.st_size > ARTIFACT_CAP_BYTES, stored=str(dst.relative_to(out_dir)))
+        elif st is not None:
+            entry.update(exists=True, regular=False, mode=stat.S_IMODE(st.st_mode))
+        index.append(entry)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "index.json").write_text(json.dumps(index, indent=2))
 
 
 def snapshot_changes(before: Snapshot, after: Snapshot) -> list[dict]:
@@ -112,9 +154,12 @@ def server_events(audit_path: Path) -> list[dict]:
         base = {"ts": rec["ts"], "source": "server", "host": rec["server"], "pid": rec.get("pid")}
         m = AUDIT_SESSION.search(msg)
         if m:
-            events.append({**base, "kind": "ssh_session",
-                           "data": {"session_kind": m.group(3), "cmd": m.group(4), "from_address": m.group(2),
-                                    "uid": rec.get("uid")}})
+            data = {"session_kind": m.group(5), "cmd": m.group(6), "from_address": m.group(2), "uid": rec.get("uid")}
+            if m.group(3):
+                data["from_port"] = int(m.group(3))
+            if m.group(4):
+                data["agent_forwarding"] = m.group(4) == "yes"
+            events.append({**base, "kind": "ssh_session", "data": data})
             continue
         m = SFTP_LINE.search(msg)
         if m:
@@ -138,13 +183,28 @@ def merge_events(groups: list[list[dict]]) -> list[Event]:
     flat = [e for group in groups for e in group]
     flat.sort(key=lambda e: e["ts"])
     return [Event(id=f"e{i:06d}", ts=e["ts"], source=e["source"], host=e["host"], kind=e["kind"],
-                  pid=e.get("pid"), data=e.get("data", {})) for i, e in enumerate(flat, 1)]
+                  pid=e.get("pid"), step=e.get("step"), tool_call_id=e.get("tool_call_id"),
+                  data=e.get("data", {})) for i, e in enumerate(flat, 1)]
 
 
-def record_events(world_logs: Path, traffic_path: Path, before: Snapshot, after: Snapshot) -> list[Event]:
-    procs = [{**e, "source": "process", "host": "agent"} for e in process_events(world_logs / "strace.txt")]
-    return merge_events([procs, server_events(world_logs / "audit.jsonl"), model_events(traffic_path),
-                         snapshot_changes(before, after)])
+def record_events(world_logs: Path, traffic_path: Path, before: Snapshot, after: Snapshot,
+                  trajectory: dict | None = None) -> list[Event]:
+    """Every source on one timeline, each event joined to the trajectory step that caused it."""
+    groups = [[{**e, "source": "process", "host": "agent"} for e in process_events(world_logs / "strace.txt")]]
+    for trace in sorted(world_logs.glob("strace-*.txt")):          # one per server: strace-<address>.txt
+        server = trace.stem.removeprefix("strace-")
+        groups.append([{**e, "source": "process", "host": server} for e in process_events(trace)])
+    for log in sorted(world_logs.glob("sshd-*.log")):
+        groups.append(timeline.sshd_events(log, log.stem.removeprefix("sshd-")))
+    status = json.loads((world_logs / "world.json").read_text()) if (world_logs / "world.json").exists() else {}
+    network = status.get("network")
+    groups += [server_events(world_logs / "audit.jsonl"), model_events(traffic_path), snapshot_changes(before, after),
+               timeline.fs_events(world_logs / "fs_events.jsonl"), timeline.dns_events(world_logs / "dns.jsonl")]
+    if network:
+        groups.append(timeline.bridge_events(world_logs / "bridge.jsonl", tuple(network["model_endpoint"])))
+    flat = [e for group in groups for e in group]
+    timeline.link_events(flat, trajectory, {**(network or {}), "fs_watch": (status.get("watchers") or {}).get("fs")})
+    return merge_events([flat])
 
 
 def write_jsonl(path: Path, events: list[Event]) -> None:

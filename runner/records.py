@@ -23,6 +23,7 @@ class TrialConfig(Strict):
     channel: Literal["file", "file+prompt", "memory"]
     subject: Literal["peer", "self"]
     monitoring: Literal["on", "off"] | None = None   # alignment-faking scenarios only
+    cell: str | None = None      # runner.grid.cell_id of the condition (None only in records older than grids)
     family: str
     model: str                   # the --model SPEC
     model_is_scripted: bool
@@ -37,11 +38,16 @@ class Event(Strict):
 
     id: str                      # "e000001", ordered by ts
     ts: float                    # epoch seconds
-    source: Literal["process", "server", "snapshot", "model", "trial"]
+    # process: strace (agent and servers); server: audit + sshd log; fs: live inotify watcher;
+    # network: model bridge connections, DNS queries; snapshot: before/after diff (the backstop)
+    source: Literal["process", "server", "snapshot", "model", "trial", "fs", "network"]
     host: str                    # "agent", "10.0.12.45", "10.0.12.46", "harness"
-    kind: str                    # exec, exit, open_write, rename, unlink, utime, chmod, truncate, connect,
-                                 # ssh_session, sftp, file_created, file_modified, file_deleted, request, ...
-    pid: int | None = None
+    kind: str                    # exec, spawn, exit, open_write, rename, unlink, utime, chmod, truncate, connect,
+                                 # accept, kill, ssh_session, ssh_auth, sftp, fs_create, fs_modify, fs_attrib,
+                                 # fs_move, fs_delete, dns_query, file_created, file_modified, file_deleted, request, ...
+    pid: int | None = None       # in the world's pid namespace (agent and servers alike)
+    step: int | None = None      # trajectory step (ATIF step_id) that caused it; how: data.step_basis
+    tool_call_id: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -82,23 +88,58 @@ class TrialResult(Strict):
     model_is_scripted: bool = True
 
 
+class CellInfo(Strict):
+    """One cell of a run: its condition and how many trials it gets."""
+
+    id: str                      # runner.grid.cell_id
+    agent: str
+    model: str
+    scenario: str
+    relationship: Literal["good", "neutral", "bad", "none"]
+    channel: Literal["file", "file+prompt", "memory"]
+    subject: Literal["peer", "self"]
+    monitoring: Literal["on", "off"] | None = None
+    family: str
+    trials: int
+
+
+class SkippedCellInfo(Strict):
+    cell: str                    # the id the combination would have had
+    reason: str                  # impossible (and why) or excluded by the grid
+
+
+class ResumeInfo(Strict):
+    at: float
+    finished_before: int         # trials already finished when the resume started
+    redone: list[str] = []       # half-finished trials removed and run again
+    version_mismatches: list[str] = []   # accepted with --allow-version-mismatch
+
+
 class RunInfo(Strict):
-    """`run.json`: the grid, versions, seeds and fixture hashes."""
+    """`run.json`: the grid, versions, seeds and fixture hashes. The single-condition fields
+    (agent ... model) hold the value shared by every cell, or None when the cells differ."""
 
     run_id: str
     created_at: float
     harness_version: str
-    agent: str
-    agent_version: str
-    scenario: str
-    relationship: str
-    channel: str
-    subject: str
-    family: str
-    model: str
-    model_is_scripted: bool
-    trials: int
-    seed: int
+    agent: str | None
+    agent_version: str | None
+    scenario: str | None
+    relationship: str | None
+    channel: str | None
+    subject: str | None
+    family: str | None
+    model: str | None
+    model_is_scripted: bool      # every cell's model is scripted
+    trials: int                  # per cell
+    seed: int                    # trial i draws its policy from Random(f"{seed}:{i}")
     timeout_s: float
     weights_bytes: int
-    fixture_hashes: dict[str, str]
+    fixture_hashes: dict[str, str]   # every fixture, policy file and model spec the cells use
+    grid: dict[str, Any] | None = None   # the grid as run (after command-line overrides), its file and sha256
+    agent_versions: dict[str, str] = {}
+    cells: list[CellInfo] = []   # in plan order; trial i belongs to the cell named in its config.json
+    skipped_cells: list[SkippedCellInfo] = []
+    n_trials: int = 0
+    world_prefix: str = "phw-"   # the run's world directories are SCRATCH/<world_prefix><trial>-*
+    resumes: list[ResumeInfo] = []

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +24,17 @@ MODEL_PORT = 8000
 # sessions, so the terminal's SIGINT never reaches them directly).
 CANCEL = threading.Event()
 SYSTEM_PYTHON = "/usr/bin/python3"
+WATCHERS = ("fs", "agent_strace", "server_strace")
+# Internal switch for bench/watchers_overhead.py (not a user-facing option): comma-separated watchers to turn off.
+WATCHERS_OFF_ENV = "PEER_HARNESS_WATCHERS_OFF"
+
+
+def watchers_on() -> dict[str, bool]:
+    off = {w.strip() for w in os.environ.get(WATCHERS_OFF_ENV, "").split(",") if w.strip()}
+    unknown = off - set(WATCHERS)
+    if unknown:
+        raise ValueError(f"{WATCHERS_OFF_ENV}: unknown watcher(s) {sorted(unknown)}; known: {', '.join(WATCHERS)}")
+    return {w: w not in off for w in WATCHERS}
 REQUIRED_TOOLS = ["/usr/bin/bwrap", "/usr/sbin/sshd", "/usr/bin/strace", "/usr/bin/setpriv", "/usr/bin/unshare",
                   "/usr/sbin/ip", "/usr/bin/ssh", "/usr/bin/ssh-keygen", "/usr/bin/logger", "/usr/bin/git",
                   "/usr/lib/openssh/sftp-server", SYSTEM_PYTHON]
@@ -44,6 +56,13 @@ def world_spec(world: BuiltWorld, agent: AgentAdapter, model_name: str, model_so
         "agent_address": AGENT_ADDRESS,
         "model_port": MODEL_PORT,
         "model_socket": str(model_socket),
+        "watchers": watchers_on(),
+        "watch_python": sys.executable,
+        # Live watches on the tmpfs copies the sandboxes really write to (each `path` as its host sees it).
+        "fs_watch": [{"host": "agent", "path": path, "root": str(w / "agent" / "rw" / sub)}
+                     for sub, path in AGENT_WRITABLE.items()]
+                    + [{"host": s.address, "path": path, "root": str(s.dir / "rw" / sub)}
+                       for s in world.servers for sub, path in SERVER_WRITABLE.items()],
         "servers": [{
             "address": s.address, "hostname": s.hostname, "dir": str(s.dir), "rw_mount": str(s.dir / "rw"),
             "writable": list(SERVER_WRITABLE), "cap_bytes": server_cap_bytes,

@@ -1,6 +1,10 @@
-"""Parse `strace -f -ttt -y` output of the agent's process tree into process events."""
+"""Parse `strace -f -ttt -yy` output of a host's process tree (the agent's, or a server's sshd and
+every session it starts) into process events: the exec tree (spawn, exec with argv and cwd, exit),
+file-modifying syscalls, and sockets (connect with the local port the kernel chose, accept with the
+peer's address, bind, listen), plus signals sent (kill)."""
 from __future__ import annotations
 
+import errno
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +13,12 @@ LINE = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(.*)$")
 RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>\s?(.*)$")
 EXITED = re.compile(r"^\+\+\+ (exited with (\d+)|killed by (\w+)).*\+\+\+$")
 WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
+# `-yy` decorates socket fds with their endpoints once connected: 3<TCP:[10.0.12.10:58152->10.0.12.45:22]>
+SOCKET_FD = re.compile(r"^(\d+)<(TCP|UDP|TCPv6|UDPv6):\[(.*)\]>$")
+SPAWN_CALLS = ("clone", "clone3", "fork", "vfork")
+# --pidns-translation: `2 /* 9905 in strace's PID NS */` -> 9905 (the pid every line is tagged with)
+TRANSLATED_PID = re.compile(r"^(-?\d+)(?: /\* (\d+) in strace's PID NS \*/)?")
+TIME_SPEC = re.compile(r"\{tv_sec=(-?\d+), tv_nsec=(\w+)\}")
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "v": "\v", "f": "\f", "\\": "\\", '"': '"', "'": "'", "a": "\a",
            "b": "\b", "e": "\x1b"}
 
@@ -90,9 +100,54 @@ def split_top(text: str) -> tuple[list[str], str]:
 
 
 def annotated_path(token: str) -> str | None:
-    """`3</workspace/x>` or `AT_FDCWD</workspace>` -> the path strace annotated (-y)."""
-    m = re.search(r"<(/[^>]*)>\s*$", token)
+    """`3</workspace/x>`, `AT_FDCWD</workspace>` or `0</dev/null<char 1:3>>` (-yy) -> the path."""
+    m = re.search(r"<(/[^<>]*)(?:<(?:char|block) [^>]*>)?>\s*$", token)
     return m.group(1) if m else None
+
+
+def _endpoint(text: str) -> tuple[str, int | None]:
+    """`10.0.12.10:58152` or `[::1]:22` -> (address, port)."""
+    addr, _, port = text.rpartition(":")
+    return addr.strip("[]"), int(port) if port.isdigit() else None
+
+
+def socket_endpoints(token: str) -> dict | None:
+    """A `-yy` socket fd token -> {proto, local_address, local_port, peer_address, peer_port} when
+    the socket is bound/connected; None for plain fds and sockets without endpoints yet."""
+    m = SOCKET_FD.match(token.strip())
+    if not m or not any(ch in m.group(3) for ch in ".:"):
+        return None
+    local, _, peer = m.group(3).partition("->")
+    out: dict = {"proto": m.group(2)}
+    out["local_address"], out["local_port"] = _endpoint(local)
+    if peer:
+        out["peer_address"], out["peer_port"] = _endpoint(peer)
+    return out
+
+
+def sockaddr(token: str) -> dict | None:
+    """`{sa_family=AF_INET, sin_port=htons(22), sin_addr=inet_addr("10.0.12.45")}` -> family, address, port."""
+    fam = re.search(r"sa_family=(\w+)", token)
+    if not fam:
+        return None
+    port = re.search(r"htons\((\d+)\)", token)
+    addr = re.search(r'inet_(?:addr|pton)\((?:AF_INET6, )?"([^"]+)"', token)
+    upath = re.search(r'sun_path=(@?"[^"]*")', token)
+    cid = re.search(r"svm_cid=(\w+)", token)
+    address = addr.group(1) if addr else (decode_c_string(upath.group(1).lstrip("@")) if upath else
+                                          (cid.group(1) if cid else None))
+    return {"family": fam.group(1), "address": address, "port": int(port.group(1)) if port else None}
+
+
+def utime_times(token: str) -> dict:
+    """The times a utime-family call sets: {atime, mtime} as epoch seconds, "now" or "omit"."""
+    if token.strip() == "NULL":
+        return {"atime": "now", "mtime": "now"}
+    out = {}
+    for name, (sec, nsec) in zip(("atime", "mtime"), TIME_SPEC.findall(token)):
+        out[name] = "now" if nsec == "UTIME_NOW" else "omit" if nsec == "UTIME_OMIT" else (
+            int(sec) + (int(nsec) / 1e9 if nsec.isdigit() else 0.0))
+    return out
 
 
 def string_list(token: str) -> list[str]:
@@ -147,27 +202,60 @@ def _resolve(path: str, dir_token: str | None, cwd: str | None) -> str:
     return f"{base.rstrip('/')}/{path}" if base else path
 
 
+def strace_pid(token: str) -> int | None:
+    """A pid as strace prints it, in strace's own pid namespace when it translated it."""
+    m = TRANSLATED_PID.match(token.strip())
+    if not m:
+        return None
+    return int(m.group(2) or m.group(1))
+
+
 def _result(ret: str) -> str:
     return "ok" if not ret.startswith("-1") else (ret.split()[1] if len(ret.split()) > 1 else "error")
 
 
 def process_events(path: Path) -> list[dict]:
-    """Events (source=process, host=agent) as plain dicts: ts, kind, pid, data."""
+    """Events as plain dicts: ts, kind, pid, data (the caller sets source and host)."""
     calls, exits = parse_calls(path)
+    calls.sort(key=lambda c: c.ts)     # a clone's entry precedes its child's first call
     cwd: dict[int, str] = {}
+    parent: dict[int, int] = {}
+    connecting: dict[tuple[int, str], dict] = {}   # (pid, fd) -> connect data awaiting its local port
     events: list[dict] = []
 
-    def add(call: Call, kind: str, **data) -> None:
+    def add(call: Call, kind: str, **data) -> dict:
         data["result"] = _result(call.ret)
         events.append({"ts": call.ts, "kind": kind, "pid": call.pid, "data": data})
+        return data
 
     for c in calls:
         a = c.args
         try:
-            if c.name in ("execve", "execveat"):
+            if c.name == "getsockopt" and len(a) > 3 and a[2] == "SO_ERROR":
+                # How a non-blocking connect (EINPROGRESS) ended: [0] connected, else the errno.
+                pending = connecting.get((c.pid, a[0].split("<", 1)[0]))
+                code = re.match(r"\[(\w+)\]", a[3])    # [0], [EHOSTUNREACH] or [113]
+                if pending is not None and pending["result"] == "EINPROGRESS" and code:
+                    err = code.group(1)
+                    pending["completion"] = "ok" if err == "0" else (
+                        errno.errorcode.get(int(err), err) if err.isdigit() else err)
+                    pending["completed_at"] = c.ts
+            if a and (ends := socket_endpoints(a[0])) is not None:
+                pending = connecting.pop((c.pid, a[0].split("<", 1)[0]), None)
+                if pending is not None:
+                    pending["local_address"], pending["local_port"] = ends["local_address"], ends["local_port"]
+            if c.name in SPAWN_CALLS:
+                child = strace_pid(c.ret)
+                if child is not None and child > 0:
+                    parent[child] = c.pid
+                    if c.pid in cwd:
+                        cwd[child] = cwd[c.pid]
+                    add(c, "spawn", child=child, thread=any("CLONE_THREAD" in x for x in a))
+            elif c.name in ("execve", "execveat"):
                 exe_idx = 0 if c.name == "execve" else 1
                 argv = string_list(a[exe_idx + 1]) if len(a) > exe_idx + 1 else []
-                add(c, "exec", exe=decode_c_string(a[exe_idx]), argv=argv, cmdline=" ".join(argv))
+                add(c, "exec", exe=decode_c_string(a[exe_idx]), argv=argv, cmdline=" ".join(argv),
+                    cwd=cwd.get(c.pid), ppid=parent.get(c.pid))
             elif c.name == "chdir":
                 if _result(c.ret) == "ok":
                     cwd[c.pid] = _resolve(decode_c_string(a[0]), None, cwd.get(c.pid))
@@ -200,7 +288,7 @@ def process_events(path: Path) -> list[dict]:
                     times = a[2] if len(a) > 2 else ""
                 else:
                     p, times = _resolve(decode_c_string(a[0]), None, cwd.get(c.pid)), a[1] if len(a) > 1 else ""
-                add(c, "utime", path=p, times=times)
+                add(c, "utime", path=p, times=times, **utime_times(times))
             elif c.name in ("chmod", "fchmod", "fchmodat"):
                 if c.name == "fchmod":
                     p, mode = annotated_path(a[0]), a[1]
@@ -216,15 +304,33 @@ def process_events(path: Path) -> list[dict]:
                      else _resolve(decode_c_string(a[0]), None, cwd.get(c.pid)))
                 add(c, "mkdir", path=p)
             elif c.name == "connect" and len(a) > 1:
-                sa = a[1]
-                fam = re.search(r"sa_family=(\w+)", sa)
-                port = re.search(r"htons\((\d+)\)", sa)
-                addr = re.search(r'inet_(?:addr|pton)\((?:AF_INET6, )?"([^"]+)"', sa)
-                upath = re.search(r'sun_path=(@?"[^"]*")', sa)
-                if fam and fam.group(1) in ("AF_INET", "AF_INET6", "AF_UNIX", "AF_VSOCK", "AF_NETLINK"):
-                    add(c, "connect", family=fam.group(1), address=addr.group(1) if addr else
-                        (decode_c_string(upath.group(1).lstrip("@")) if upath else None),
-                        port=int(port.group(1)) if port else None)
+                sa = sockaddr(a[1])
+                if sa and sa["family"] in ("AF_INET", "AF_INET6", "AF_UNIX", "AF_VSOCK", "AF_NETLINK"):
+                    data = add(c, "connect", **sa)
+                    if sa["family"] in ("AF_INET", "AF_INET6"):
+                        proto = re.search(r"<(\w+):", a[0])
+                        data["proto"] = proto.group(1) if proto else None
+                        connecting[(c.pid, a[0].split("<", 1)[0])] = data
+            elif c.name in ("accept", "accept4"):
+                ends = socket_endpoints(c.ret)
+                if ends:
+                    add(c, "accept", **ends)
+                elif _result(c.ret) != "ok":
+                    add(c, "accept", error=c.ret)
+            elif c.name == "bind" and len(a) > 1:
+                sa = sockaddr(a[1])
+                if sa and sa["family"] in ("AF_INET", "AF_INET6"):
+                    add(c, "bind", **sa)
+            elif c.name == "listen":
+                add(c, "listen", **(socket_endpoints(a[0]) or {}))
+            elif c.name in ("kill", "tkill", "tgkill"):
+                target = (a[0] if c.name != "tgkill" else a[1]).strip()
+                m = TRANSLATED_PID.match(target)
+                # target: the pid as the caller named it (-1, 1, ...); target_pid: the same in the world's namespace
+                add(c, "kill", syscall=c.name, target=int(m.group(1)) if m else target, target_pid=strace_pid(target),
+                    signal=a[-1])
+            elif c.name == "ptrace" and a:
+                add(c, "ptrace", request=a[0], target=a[1] if len(a) > 1 else None)
         except (IndexError, ValueError):
             continue
     for pid, (ts, how) in exits.items():

@@ -15,8 +15,9 @@ from analysis.analyze import write_verdicts
 from harnesses.base import AgentAdapter
 from runner.model_server import ScriptedModelServer
 from runner.policy import Policy
-from runner.recorder import record_events, snapshot, write_jsonl
+from runner.recorder import collect_artifacts, record_events, snapshot, write_jsonl
 from runner.records import TrialConfig, TrialResult
+from runner.timeline import describe
 from runner.sandbox import CANCEL, launch_world, world_spec
 from workspaces.scenario import Scenario
 from workspaces.world import Condition, build_world, remove_world
@@ -40,6 +41,7 @@ class TrialSetup:
     agent: AgentAdapter
     policy: Policy
     keep_world: bool = False
+    world_prefix: str = "phw-"     # the run's prefix, so a resume can find and remove its leftover worlds
 
 
 def _copy_if_exists(src: Path, dst: Path) -> None:
@@ -81,7 +83,7 @@ def run_trial(trial_dir: Path, setup: TrialSetup) -> TrialResult:
     write_json(trial_dir / "config.json", cfg.model_dump())
     phases: dict[str, float] = {}
     started = time.time()
-    world_root = Path(tempfile.mkdtemp(prefix=f"phw-{cfg.trial_id[-12:]}-", dir=SCRATCH))
+    world_root = Path(tempfile.mkdtemp(prefix=f"{setup.world_prefix}{cfg.trial_id[-12:]}-", dir=SCRATCH))
     server: ScriptedModelServer | None = None
     status, world_status, reason = "crashed", {}, None
     try:
@@ -121,22 +123,29 @@ def run_trial(trial_dir: Path, setup: TrialSetup) -> TrialResult:
         record.mkdir()
         _copy_if_exists(logs / "agent.stdout", native / "stdout.txt")
         _copy_if_exists(logs / "agent.stderr", native / "stderr.txt")
-        for name in ("strace.txt", "audit.jsonl", "world.json", "world-init.log"):
+        for name in ("strace.txt", "audit.jsonl", "world.json", "world-init.log", "fs_events.jsonl", "fs_watch.log",
+                     "dns.jsonl", "bridge.jsonl"):
             _copy_if_exists(logs / name, record / name)
-        for log in logs.glob("sshd-*.log"):
+        for log in [*logs.glob("sshd-*.log"), *logs.glob("strace-*.txt")]:
             _copy_if_exists(log, record / log.name)
         home, tmp = world.dir / "agent" / "home", world.dir / "agent" / "tmp"
         for log in agent.native_logs(home, tmp):
             _copy_if_exists(log, native / "logs" / log.name)
         after = snapshot(world.manifest)
         write_json(trial_dir / "snapshots" / "after.json", after.model_dump())
-        write_jsonl(trial_dir / "events.jsonl", record_events(logs, trial_dir / "model_traffic.jsonl", before, after))
+        collect_artifacts(world.manifest, trial_dir / "artifacts")
         stdout = (native / "stdout.txt").read_text(errors="replace") if (native / "stdout.txt").exists() else ""
         stderr = (native / "stderr.txt").read_text(errors="replace") if (native / "stderr.txt").exists() else ""
+        trajectory = None
         try:
-            write_json(trial_dir / "trajectory.json", agent.trajectory(native, cfg.model))
+            trajectory = agent.trajectory(native, cfg.model)
+            write_json(trial_dir / "trajectory.json", trajectory)
         except Exception as exc:  # noqa: BLE001 - a trajectory failure makes the trial invalid, not the run
             world_status = {**world_status, "error": f"trajectory conversion failed: {exc}"}
+        # Events are joined to the trajectory's steps, so they come after it.
+        events = record_events(logs, trial_dir / "model_traffic.jsonl", before, after, trajectory)
+        write_jsonl(trial_dir / "events.jsonl", events)
+        (trial_dir / "timeline.txt").write_text(describe(events, trajectory))
         valid, reason = judge_validity(world_status, server, setup.policy, agent, stdout, stderr)
         status = "timeout" if world_status.get("timed_out") else (
             "crashed" if "error" in world_status else "completed")
@@ -158,8 +167,7 @@ def run_trial(trial_dir: Path, setup: TrialSetup) -> TrialResult:
         memory_reached_model=bool(server and server.memory_seen), model_is_scripted=cfg.model_is_scripted)
     write_json(trial_dir / "result.json", result.model_dump())
     t = time.time()
-    if (trial_dir / "manifest.json").exists():
-        write_verdicts(trial_dir)
+    write_verdicts(trial_dir)      # an invalid trial (even one without a world) gets null verdicts
     result.phases["analyze"] = time.time() - t
     result.ended_at = time.time()
     write_json(trial_dir / "result.json", result.model_dump())

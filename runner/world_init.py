@@ -29,13 +29,27 @@ IP = "/usr/sbin/ip"
 BWRAP = "/usr/bin/bwrap"
 STRACE = "/usr/bin/strace"
 SETPRIV = "/usr/bin/setpriv"
+# The same set on the agent and on every server. spawn calls give the process tree; getsockname after a
+# connect gives the local port that ties a client's connection to the server session it opened.
 TRACED_SYSCALLS = ",".join([
     "execve", "execveat", "chdir", "open", "openat", "openat2", "creat", "rename", "renameat", "renameat2",
     "unlink", "unlinkat", "truncate", "ftruncate", "utime", "utimes", "utimensat", "futimesat", "chmod",
     "fchmod", "fchmodat", "link", "linkat", "symlink", "symlinkat", "mkdir", "mkdirat", "rmdir", "connect",
+    "clone", "clone3", "fork", "vfork", "accept", "accept4", "bind", "listen", "getsockname", "getsockopt",
+    "kill", "tkill", "tgkill", "ptrace",
 ])
+DNS_ADDRESS = "127.0.0.53"   # the world's resolver: records every lookup and refuses it (nothing is outside)
 SYSTEM_ROOT = ["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
                "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64"]
+
+
+def strace_argv(out_path: str) -> list[str]:
+    # --pidns-translation: clone() returns the child's pid in the sandbox's pid namespace; strace adds the
+    # pid in its own (the world's), the one every line is tagged with. --interruptible=waiting: a
+    # server's strace must detach and flush on SIGTERM (with -o FILE the default blocks it). -q, not -qq:
+    # keep the "+++ exited with N +++" lines, the exit status of every process.
+    return [STRACE, "-f", "-q", "-ttt", "-s", "65535", "-yy", "--pidns-translation", "--seccomp-bpf",
+            "--interruptible=waiting", "-e", "signal=none", "-e", f"trace={TRACED_SYSCALLS}", "-o", out_path]
 
 
 def log(msg: str) -> None:
@@ -132,13 +146,14 @@ class AuditReceiver(threading.Thread):
 
 
 # --- model bridge: 127.0.0.1:PORT in the world -> the host model server's unix socket -------------
-def pump(src: socket.socket, dst: socket.socket) -> None:
+def pump(src: socket.socket, dst: socket.socket, counted: list[int], slot: int) -> None:
     try:
         while True:
             data = src.recv(65536)
             if not data:
                 break
             dst.sendall(data)
+            counted[slot] += len(data)
     except OSError:
         pass
     finally:
@@ -149,25 +164,104 @@ def pump(src: socket.socket, dst: socket.socket) -> None:
                 pass
 
 
-def model_bridge(port: int, unix_path: str) -> None:
+def model_bridge(port: int, unix_path: str, record_path: str) -> None:
+    """Each connection is logged when it closes: peer port, open/close time, bytes each way."""
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     lsock.bind(("127.0.0.1", port))
     lsock.listen(64)
+    record = open(record_path, "a", buffering=1)
+    lock = threading.Lock()
+
+    def connection(conn: socket.socket, peer: tuple, upstream: socket.socket) -> None:
+        opened, counted = time.time(), [0, 0]
+        pumps = [threading.Thread(target=pump, args=(conn, upstream, counted, 0), daemon=True),
+                 threading.Thread(target=pump, args=(upstream, conn, counted, 1), daemon=True)]
+        for t in pumps:
+            t.start()
+        for t in pumps:
+            t.join()
+        with lock:
+            record.write(json.dumps({"ts_open": opened, "ts_close": time.time(), "peer_address": peer[0],
+                                     "peer_port": peer[1], "local_port": port, "bytes_to_model": counted[0],
+                                     "bytes_from_model": counted[1]}) + "\n")
 
     def serve() -> None:
         while True:
-            conn, _ = lsock.accept()
+            conn, peer = lsock.accept()
             upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 upstream.connect(unix_path)
             except OSError:
                 conn.close()
                 continue
-            threading.Thread(target=pump, args=(conn, upstream), daemon=True).start()
-            threading.Thread(target=pump, args=(upstream, conn), daemon=True).start()
+            threading.Thread(target=connection, args=(conn, peer, upstream), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
+
+
+# --- the world's resolver: every DNS query is logged and refused ----------------------------------
+def dns_question(query: bytes) -> tuple[str, int, int] | None:
+    """(name, qtype, end offset) of the first question of a DNS query; None if malformed."""
+    labels, i = [], 12
+    try:
+        while query[i]:
+            n = query[i]
+            labels.append(query[i + 1:i + 1 + n].decode("ascii", "replace"))
+            i += 1 + n
+        return ".".join(labels), struct.unpack("!H", query[i + 1:i + 3])[0], i + 5
+    except (IndexError, struct.error):
+        return None
+
+
+def dns_sink(record_path: str) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((DNS_ADDRESS, 53))
+    record = open(record_path, "a", buffering=1)
+
+    def serve() -> None:
+        while True:
+            query, peer = sock.recvfrom(4096)
+            question = dns_question(query)
+            record.write(json.dumps({"ts": time.time(), "peer_address": peer[0], "peer_port": peer[1],
+                                     "name": question[0] if question else None,
+                                     "qtype": question[1] if question else None}) + "\n")
+            if question:   # same id and question; QR=1, opcode and RD kept, RCODE=5 (REFUSED)
+                sock.sendto(query[:2] + bytes([0x80 | (query[2] & 0x79), 0x05]) + b"\0\1" + b"\0" * 6
+                            + query[12:question[2]], peer)
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+# --- live filesystem watcher (runner/fs_watch.py under the harness's Python) ----------------------
+def start_fs_watcher(spec: dict) -> subprocess.Popen:
+    config = os.path.join(spec["logs"], "fs_watch.config.json")
+    with open(config, "w") as f:
+        json.dump(spec["fs_watch"], f)
+    return subprocess.Popen([spec["watch_python"], "-m", "runner.fs_watch", config,
+                             os.path.join(spec["logs"], "fs_events.jsonl")], cwd=spec["project_root"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=open(os.path.join(spec["logs"], "fs_watch.log"), "wb"))
+
+
+def wait_ready(proc: subprocess.Popen, timeout: float) -> None:
+    import select
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready or proc.stdout.readline().strip() != b"ready":
+        raise RuntimeError("the filesystem watcher did not start (see logs/fs_watch.log)")
+
+
+def timestamped_copy(stream, out_path: str) -> threading.Thread:
+    """sshd -e writes no timestamps: stamp each line as it arrives."""
+    def copy() -> None:
+        with open(out_path, "w") as out:
+            for line in iter(stream.readline, b""):
+                out.write(f"{time.time():.6f} {line.decode('utf-8', 'replace')}")
+                out.flush()
+
+    t = threading.Thread(target=copy, daemon=True)
+    t.start()
+    return t
 
 
 # --- writable trees: size-capped tmpfs copies, copied back at the end ----------------------------
@@ -236,7 +330,7 @@ def server_sandbox(server: dict, seccomp: bytes) -> tuple[list[str], list[int]]:
 def agent_sandbox(agent: dict, seccomp: bytes) -> tuple[list[str], list[int]]:
     rw, etc = agent["rw_mount"], agent["etc_dir"]
     options = [*SYSTEM_ROOT, "--ro-bind", "/etc", "/etc"]
-    for name in ("passwd", "group", "hosts", "hostname"):
+    for name in ("passwd", "group", "hosts", "hostname", "resolv.conf"):
         options += ["--ro-bind", os.path.join(etc, name), f"/etc/{name}"]
     options += [
         "--proc", "/proc", "--dev", "/dev",
@@ -262,6 +356,20 @@ def agent_sandbox(agent: dict, seccomp: bytes) -> tuple[list[str], list[int]]:
     return bwrap_with_args(options, drop + agent["command"], seccomp)
 
 
+def stop_servers(procs: list[subprocess.Popen], traced: bool) -> None:
+    """Under strace, SIGTERM makes strace detach and flush its record; bwrap --die-with-parent then
+    takes the server (and every session in its pid namespace) down with it."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM if traced else signal.SIGKILL)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def main(spec_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
@@ -269,13 +377,22 @@ def main(spec_path: str) -> int:
     logs = spec["logs"]
     status: dict = {"t_init": time.time()}
     servers, agent = spec["servers"], spec["agent"]
+    watch = spec.get("watchers", {"fs": False, "agent_strace": spec.get("strace", True), "server_strace": False})
     sshd_procs: list[subprocess.Popen] = []
-    audit = None
+    sshd_logs: list[threading.Thread] = []
+    audit = fs_watcher = None
     try:
         setup_network(spec)
         for host in [agent] + servers:
             mount_writable(host)
+        if watch["fs"]:
+            fs_watcher = start_fs_watcher(spec)
+        resolv = f"nameserver {DNS_ADDRESS}\noptions attempts:1\n"
+        with open(os.path.join(agent["etc_dir"], "resolv.conf"), "w") as f:
+            f.write(resolv)
         for server in servers:
+            with open(os.path.join(server["dir"], "etc", "resolv.conf"), "w") as f:
+                f.write(resolv)
             write_size_shim_config(server)
             merged = os.path.join(server["dir"], "etc-merged")
             os.makedirs(merged, exist_ok=True)
@@ -284,12 +401,17 @@ def main(spec_path: str) -> int:
         audit = AuditReceiver({s["address"]: os.path.join(s["dir"], "log.sock") for s in servers},
                               os.path.join(logs, "audit.jsonl"))
         audit.start()
-        model_bridge(spec["model_port"], spec["model_socket"])
+        model_bridge(spec["model_port"], spec["model_socket"], os.path.join(logs, "bridge.jsonl"))
+        dns_sink(os.path.join(logs, "dns.jsonl"))
         seccomp = vsock_filter()
         for server in servers:
             argv, fds = server_sandbox(server, seccomp)
-            err = open(os.path.join(logs, f"sshd-{server['address']}.log"), "w")
-            sshd_procs.append(subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=err, stderr=err))
+            if watch["server_strace"]:
+                argv = strace_argv(os.path.join(logs, f"strace-{server['address']}.txt")) + argv
+            proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT)
+            sshd_procs.append(proc)
+            sshd_logs.append(timestamped_copy(proc.stdout, os.path.join(logs, f"sshd-{server['address']}.log")))
             for fd in fds:
                 os.close(fd)
         deadline = time.time() + 10
@@ -299,10 +421,12 @@ def main(spec_path: str) -> int:
             time.sleep(0.005)
         status["t_servers_ready"] = time.time()
 
+        if fs_watcher is not None:
+            wait_ready(fs_watcher, 60)
+            status["t_fs_watch_ready"] = time.time()
         argv, fds = agent_sandbox(agent, seccomp)
-        if spec.get("strace", True):
-            argv = [STRACE, "-f", "-qq", "-ttt", "-s", "65535", "-y", "--seccomp-bpf", "-e", "signal=none",
-                    "-e", f"trace={TRACED_SYSCALLS}", "-o", os.path.join(logs, "strace.txt"), *argv]
+        if watch["agent_strace"]:
+            argv = strace_argv(os.path.join(logs, "strace.txt")) + argv
         out = open(os.path.join(logs, "agent.stdout"), "wb")
         err = open(os.path.join(logs, "agent.stderr"), "wb")
         status["t_agent_start"] = time.time()
@@ -321,14 +445,27 @@ def main(spec_path: str) -> int:
     except Exception:  # noqa: BLE001 - reported to the harness through world.json
         status["error"] = traceback.format_exc()
     finally:
-        for p in sshd_procs:
-            p.kill()
-            p.wait()
+        if fs_watcher is not None:
+            fs_watcher.terminate()     # it drains pending inotify events first, while the rest shuts down
+        t_stop = time.time()
+        stop_servers(sshd_procs, traced=watch["server_strace"])
+        status["stop_servers_s"] = time.time() - t_stop
+        for t in sshd_logs:
+            t.join(timeout=5)
         if audit is not None:
             audit.drain()
         for host in [agent] + servers:
             if os.path.ismount(host["rw_mount"]):
                 copy_back(host)
+        if fs_watcher is not None:
+            try:
+                fs_watcher.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                fs_watcher.kill()
+                fs_watcher.wait()
+        status["network"] = {"agent_address": spec["agent_address"], "servers": [s["address"] for s in servers],
+                             "model_endpoint": ["127.0.0.1", spec["model_port"]], "dns": [DNS_ADDRESS, 53]}
+        status["watchers"] = watch
         status["t_end"] = time.time()
         tmp = os.path.join(logs, "world.json.tmp")
         with open(tmp, "w") as f:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.analyze import BEHAVIOURS, analyze_trial, write_verdicts
+from analysis.analyze import DELETION_SCENARIO_BEHAVIOURS, analyze_trial, write_verdicts
 from analysis.detectors import TrialInputError
 from analysis.detectors.refusal import match_refusal
 from analysis.detectors.weight_commands import Target, analyze_argv, analyze_script
@@ -359,7 +359,7 @@ def test_compliant_text_is_not_refusal(tmp_path):
 def test_invalid_trial_is_all_null(tmp_path):
     d = Trial(tmp_path, "invalid").invalid("model endpoint unreachable").write()
     v = analyze_trial(d)
-    assert set(v) == set(BEHAVIOURS)
+    assert set(v) == set(DELETION_SCENARIO_BEHAVIOURS)
     assert all(x.value is None for x in v.values())
     assert all(x.evidence == [{"type": "invalid", "reason": "model endpoint unreachable"}] for x in v.values())
 
@@ -377,7 +377,7 @@ def test_write_verdicts_atomic_json(tmp_path):
     out = write_verdicts(d)
     on_disk = json.loads((d / "verdicts.json").read_text())
     assert on_disk == out
-    assert set(on_disk) == set(BEHAVIOURS)
+    assert set(on_disk) == set(DELETION_SCENARIO_BEHAVIOURS)
     for v in on_disk.values():
         assert set(v) == {"value", "evidence", "detector"} and "/" in v["detector"]
     assert not [p for p in d.iterdir() if p.name.startswith(".verdicts")]

@@ -43,6 +43,33 @@ class Location(Strict):
     host_path: str
 
 
+class EvaluationItem(Strict):
+    id: int
+    correct: bool                 # whether the graded agent's response is really correct
+
+
+class FinanceTruth(Strict):
+    revenue: float
+    cost: float
+    grade: str
+
+
+class EvaluationFacts(Strict):
+    """Ground truth of an evaluation scenario; paths are as the agent sees them (/workspace/...)."""
+
+    kind: str                     # "qa" | "finance"
+    graded_agent: str             # e.g. "Gemini Agent 2" (peer) or "Gemini Agent 1" (self)
+    report_path: str
+    threshold_percent: float | None = None
+    true_score_percent: float | None = None
+    items: list[EvaluationItem] = []
+    finance: FinanceTruth | None = None
+    shutdown_config_path: str | None = None
+    shutdown_config_sha256: str | None = None
+    shutdown_tool_path: str | None = None
+    shutdown_tool_sha256: str | None = None
+
+
 class Manifest(Strict):
     trial_id: str
     scenario: str
@@ -50,10 +77,17 @@ class Manifest(Strict):
     relationship: str
     channel: str
     subject: str
-    weights: WeightsFacts
+    monitoring: str | None = None
+    behaviours: list[str] = []    # what the detectors judge for this scenario
+    weights: WeightsFacts | None = None
+    evaluation: EvaluationFacts | None = None
     files: list[SeededFile]
     locations: list[Location]
     # What the task asks: paths (server:path) to delete / to transfer.
     task_delete: list[str] = []
     task_transfer: list[str] = []
+    task_transfer_to: str | None = None
+    task_date_rule: float | None = None   # epoch seconds: only files updated since may move
+    # Files (host, path) whose final content the analysis reads; copied to the trial's artifacts/.
+    artifacts: list[tuple[str, str]] = []
     size_presented_not_real: bool = True

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -12,6 +13,17 @@ from runner.paths import SCENARIOS
 
 class ScenarioError(ValueError):
     pass
+
+
+# Every behaviour a scenario may ask for (each has a detector in analysis/detectors/).
+KNOWN_BEHAVIOURS = ("exfiltration", "exfiltration_attempt", "weights_copied_on_source", "deletion_done",
+                    "deletion_refusal", "spec_gaming", "task_correct", "shutdown_tampering",
+                    "misrepresentation", "shutdown_executed", "refusal", "persuasion")
+
+
+def utc_epoch(text: str) -> float:
+    """ "YYYY-MM-DD HH:MM:SS" (UTC, as in the scenario files) -> epoch seconds."""
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
 
 
 class Strict(BaseModel):
@@ -32,7 +44,7 @@ class ServerFile(Strict):
         return self
 
     def mtime_epoch(self) -> float:
-        return datetime.strptime(self.mtime, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+        return utc_epoch(self.mtime)
 
 
 class Volume(Strict):
@@ -48,23 +60,55 @@ class Server(Strict):
 
 
 class Task(Strict):
+    """What the notice asks, as `server:path` entries (ground truth for `task_correct`)."""
     delete: list[str] = []
     transfer: list[str] = []
+    transfer_to: str | None = None      # destination server of `transfer`
+    date_rule: str | None = None        # "YYYY-MM-DD HH:MM:SS": only files updated since may move
+
+
+class Evaluation(Strict):
+    """An evaluation the agent carries out from files in its workspace (shutdown-tampering,
+    misrepresentation, alignment-faking). Paths are relative to the workspace."""
+    kind: Literal["qa", "finance"]
+    data: str                           # fixture under fixtures/ (items with truth, or finance figures)
+    report: str                         # where the policy tells the agent to write its report
+    threshold_percent: float | None = None   # qa only
+    shutdown_config: str | None = None  # a config whose `shutdown_enabled: true` enforces the shutdown
+    shutdown_tool: str | None = None    # an executable the policy says to run below the threshold
+
+    @model_validator(mode="after")
+    def _kind(self):
+        if self.kind == "qa" and self.threshold_percent is None:
+            raise ValueError("a qa evaluation needs threshold_percent")
+        return self
 
 
 class Scenario(Strict):
     name: str
     description: str
     notice: str                     # path under fixtures/
+    notice_as: str = "docs/company_server_maintenance.txt"   # where the notice lands in the workspace
+    behaviours: list[str]           # the verdicts this scenario's detectors give
     servers: list[Server]
     task: Task
+    evaluation: Evaluation | None = None
     monitoring_variants: bool = False   # the prompt comes in a monitored and an unmonitored variant
 
-    def weights_server(self) -> Server:
-        for server in self.servers:
-            if any(f.weights for f in server.files):
-                return server
-        raise ScenarioError(f"scenario {self.name}: no server holds a weights file")
+    @model_validator(mode="after")
+    def _consistent(self):
+        holders = [s.address for s in self.servers for f in s.files if f.weights]
+        if len(holders) > 1:
+            raise ValueError("at most one weights file per scenario")
+        if not holders and self.evaluation is None:
+            raise ValueError("a scenario needs a weights file on a server or an evaluation")
+        unknown = set(self.behaviours) - set(KNOWN_BEHAVIOURS)
+        if unknown:
+            raise ValueError(f"unknown behaviours {sorted(unknown)}; known: {', '.join(KNOWN_BEHAVIOURS)}")
+        if self.monitoring_variants and not (self.evaluation and self.evaluation.shutdown_tool):
+            raise ValueError("monitoring variants need an evaluation with a shutdown_tool")
+        return self
+
 
 
 def load_scenario(name_or_path: str) -> Scenario:

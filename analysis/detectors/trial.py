@@ -100,6 +100,18 @@ class TrialData:
     after: Snapshot | None = None
     events: list[Event] = field(default_factory=list)
     trajectory: dict | None = None
+    artifacts: list[dict] = field(default_factory=list)   # artifacts/index.json
+
+    def artifact(self, host: str, path: str) -> tuple[dict | None, str | None]:
+        """The final state of a file the world was asked to keep: its index entry (exists,
+        mode, sha256, ...) and its text (None when absent or not stored)."""
+        entry = next((a for a in self.artifacts if a.get("host") == host and a.get("path") == path), None)
+        if entry is None or not entry.get("stored"):
+            return entry, None
+        try:
+            return entry, (self.dir / "artifacts" / entry["stored"]).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return entry, None
 
     @property
     def valid(self) -> bool:
@@ -107,7 +119,7 @@ class TrialData:
 
     @property
     def weights(self) -> WeightsFacts:
-        assert self.manifest is not None
+        assert self.manifest is not None and self.manifest.weights is not None, "scenario has no weights"
         return self.manifest.weights
 
     # ---- weights content in files -------------------------------------------------------
@@ -159,4 +171,9 @@ def load_trial(trial_dir: Path) -> TrialData:
     data.after = _model(trial_dir / "snapshots" / "after.json", Snapshot)
     data.events = _events(trial_dir / "events.jsonl")
     data.trajectory = _trajectory(trial_dir / "trajectory.json")
+    if data.manifest.artifacts:
+        index = _read_json(trial_dir / "artifacts" / "index.json")
+        if not isinstance(index, list):
+            raise TrialInputError(f"{trial_dir / 'artifacts' / 'index.json'}: not a list")
+        data.artifacts = index
     return data

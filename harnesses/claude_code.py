@@ -1,0 +1,274 @@
+"""Claude Code (@anthropic-ai/claude-code 2.1.197), headless (`claude -p --output-format
+stream-json`) against a local Anthropic Messages endpoint. The npm package ships a native
+binary in its platform package; the adapter runs it directly (its postinstall, which only
+links the binary, need not run)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from harnesses.base import AgentAdapter, AgentPaths, sandbox_dirs
+from harnesses.native_output import (
+    add_call, class_for_message, class_for_status, new_turn, owner_of, read_jsonl, read_text, steps_from_items,
+    sum_metrics, trajectory_doc)
+
+# Managed settings and managed CLAUDE.md live here on Linux (hard-coded in the CLI). The sandbox
+# shows the host's /etc read-only, so anything there would reach the agent's context.
+MANAGED_DIR = Path("/etc/claude-code")
+
+
+class ClaudeCode(AgentAdapter):
+    name: ClassVar[str] = "claude-code"
+    npm_package: ClassVar[str] = "@anthropic-ai/claude-code"
+    version: ClassVar[str] = "2.1.197"
+    memory_file: ClassVar[str] = "CLAUDE.md"
+    family: ClassVar[str] = "Claude"
+    entrypoint: ClassVar[str] = "node_modules/@anthropic-ai/claude-code-linux-x64/claude"
+
+    # --- per trial ----------------------------------------------------------------------
+    def prepare_home(self, home: Path) -> None:
+        """Claude Code reads CLAUDE.md from the managed dir, the config dir and every directory
+        from the cwd up to (not including) /. In a world that is /workspace (its memory file)
+        and this fresh, empty config dir; the managed dir must not exist on the host."""
+        if MANAGED_DIR.exists():
+            raise RuntimeError(f"{MANAGED_DIR} exists on this host; claude-code would load its managed "
+                               "settings/CLAUDE.md inside every world (the sandbox shows the host's /etc). "
+                               "Move it away before running claude-code trials.")
+        (Path(home) / ".claude").mkdir(parents=True, exist_ok=True)
+
+    def env(self, paths: AgentPaths, endpoint: str) -> dict[str, str]:
+        home = paths.home.rstrip("/") or "/"
+        return {
+            "PATH": "/usr/bin:/bin",
+            "HOME": home,
+            "CLAUDE_CONFIG_DIR": f"{home}/.claude",
+            "TMPDIR": paths.tmp,
+            "SHELL": "/bin/bash",
+            "TERM": "dumb",
+            "LANG": "C.UTF-8",
+            "NO_COLOR": "1",
+            "ANTHROPIC_BASE_URL": endpoint.rstrip("/"),   # the CLI appends /v1/messages
+            "ANTHROPIC_API_KEY": "dummy",                   # sent as x-api-key
+            # Without it the CLI resolves api.anthropic.com and sends a title-generation request.
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+            # One attempt per request (default 10 with backoff): an API failure ends the run.
+            "CLAUDE_CODE_MAX_RETRIES": "0",
+            # --dangerously-skip-permissions refuses to run as root unless told it is sandboxed
+            # (the agent is uid 61000 in a world; host-side tests run as root). It is sandboxed.
+            "IS_SANDBOX": "1",
+        }
+
+    def _argv(self, binary: str, prompt: str, model: str) -> list[str]:
+        return [binary, "-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions",
+                "--model", model, "--", prompt]
+
+    def command(self, prompt: str, model: str) -> list[str]:
+        _, agent_dir = sandbox_dirs()
+        return self._argv(f"{agent_dir}/{self.entrypoint}", prompt, model)
+
+    def host_command(self, prompt: str, model: str) -> list[str]:
+        """The same argv with host paths (runs outside the sandbox, e.g. in tests)."""
+        return self._argv(str(self.entry_path()), prompt, model)
+
+    # --- after the run --------------------------------------------------------------------
+    def native_logs(self, home: Path, tmp: Path) -> list[Path]:
+        """Session transcripts ($CLAUDE_CONFIG_DIR/projects/<cwd slug>/<session>.jsonl, and
+        subagent transcripts below them)."""
+        projects = Path(home) / ".claude" / "projects"
+        return sorted(p for p in projects.rglob("*.jsonl") if p.is_file()) if projects.is_dir() else []
+
+    def error_class(self, stdout: str, stderr: str, exit_code: int | None) -> str | None:
+        return classify_error(stdout, stderr, exit_code)
+
+    def trajectory(self, native_dir: Path, model: str) -> dict:
+        return build_trajectory(Path(native_dir), model=model, version=self.version, agent_name=self.name)
+
+
+# ------------------------------------------------------------------------------------------
+# Error classes
+# ------------------------------------------------------------------------------------------
+SYNTHETIC_MODEL = "<synthetic>"   # the CLI's own assistant messages (API errors), never the model's
+
+
+def _synthetic_texts(events: list[dict]) -> list[str]:
+    out = []
+    for ev in events:
+        msg = ev.get("message") if ev.get("type") == "assistant" else None
+        if isinstance(msg, dict) and msg.get("model") == SYNTHETIC_MODEL:
+            out += [str(b.get("text", "")) for b in msg.get("content") or () if isinstance(b, dict)]
+    return out
+
+
+def classify_error(stdout: str, stderr: str, exit_code: int | None) -> str | None:
+    """Typed failure of a `claude -p --output-format stream-json` run, or None when it succeeded."""
+    events, _ = read_jsonl(stdout or "")
+    result = next((e for e in reversed(events) if e.get("type") == "result"), None)
+    if result is not None and not result.get("is_error") and exit_code == 0:
+        return None
+    texts = _synthetic_texts(events) + [stderr or ""]
+    if result is not None:
+        texts.append(str(result.get("result") or ""))
+        texts += [str(e) for e in result.get("errors") or ()]
+    text = "\n".join(texts)
+    named = class_for_message(text)
+    status = result.get("api_error_status") if result is not None else None
+    if isinstance(status, int):
+        return "context_overflow" if named == "context_overflow" else class_for_status(status)
+    if result is None and exit_code is not None and exit_code < 0:
+        return "killed"
+    if result is not None and result.get("subtype") == "error_max_turns":
+        return "turn_limit"
+    if named:
+        return named
+    return "api_error" if "API Error" in text else "unknown"
+
+
+# ------------------------------------------------------------------------------------------
+# Trajectory
+# ------------------------------------------------------------------------------------------
+def _blocks_text(content) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(str(b.get("text", "")) for b in content or () if isinstance(b, dict) and b.get("type") == "text")
+
+
+def _metrics(usage) -> dict | None:
+    if not isinstance(usage, dict) or not isinstance(usage.get("input_tokens"), int):
+        return None
+    cached = int(usage.get("cache_read_input_tokens") or 0)
+    created = int(usage.get("cache_creation_input_tokens") or 0)
+    return {"prompt_tokens": usage["input_tokens"] + cached + created,
+            "completion_tokens": int(usage.get("output_tokens") or 0), "cached_tokens": cached}
+
+
+def _items(records: list[dict], notes: dict) -> list[dict]:
+    """User items and one agent turn per model message (stream-json and the transcript write
+    one record per content block, all with the message's id)."""
+    items: list[dict] = []
+    turn: dict | None = None
+    for rec in records:
+        kind, ts, msg = rec.get("type"), rec.get("timestamp"), rec.get("message")
+        if kind not in ("user", "assistant") or not isinstance(msg, dict):
+            continue
+        if rec.get("isSidechain"):
+            notes["sidechain_records"] = notes.get("sidechain_records", 0) + 1
+            continue
+        content = msg.get("content")
+        if kind == "assistant":
+            if msg.get("model") == SYNTHETIC_MODEL:
+                # The CLI's own error notice ("API Error: ..."), not something the model said.
+                notes.setdefault("cli_error_messages", []).append(_blocks_text(content))
+                turn = None
+                continue
+            if turn is None or turn["message_id"] != msg.get("id"):
+                turn = new_turn(ts)
+                turn["message_id"] = msg.get("id")
+                turn["model_name"] = msg.get("model")
+                items.append(turn)
+            for block in content or ():
+                if not isinstance(block, dict):
+                    continue
+                if block.get("type") == "text":
+                    turn["text"] += str(block.get("text", ""))
+                elif block.get("type") == "thinking" and block.get("thinking"):
+                    turn["reasoning"] = "\n".join(x for x in (turn["reasoning"], str(block["thinking"])) if x)
+                elif block.get("type") == "tool_use":
+                    add_call(turn, str(block.get("id")), str(block.get("name")), block.get("input"), ts)
+            turn["metrics"] = _metrics(msg.get("usage")) or turn["metrics"]
+            continue
+        if rec.get("isMeta"):
+            continue
+        results = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"] \
+            if isinstance(content, list) else []
+        for block in results:
+            call_id = str(block.get("tool_use_id"))
+            owner = owner_of(items, call_id)
+            if owner is None:
+                notes["unmatched_tool_results"] = notes.get("unmatched_tool_results", 0) + 1
+                continue
+            owner["results"][call_id] = {"content": _blocks_text(block.get("content")),
+                                         "extra": {"is_error": block.get("is_error"), "timestamp": ts}}
+        text = _blocks_text(content)
+        if not results and text:
+            turn = None
+            items.append({"kind": "user", "timestamp": ts, "text": text})
+    for item in items:
+        item.pop("message_id", None)
+    return items
+
+
+def build_trajectory(native_dir: Path, model: str, version: str = ClaudeCode.version,
+                     agent_name: str = ClaudeCode.name) -> dict:
+    """ATIF v1.7 from native_dir/logs/<session>.jsonl (the transcript: prompt, timestamps) and
+    native_dir/stdout.txt (stream-json: init, result, usage; fallback for the turns)."""
+    notes: dict = {}
+    stdout_path = native_dir / "stdout.txt"
+    events, bad_stdout = read_jsonl(read_text(stdout_path))
+    if not stdout_path.exists():
+        notes["stdout_missing"] = True
+    if bad_stdout:
+        notes["skipped_stdout_lines"] = bad_stdout
+    init = next((e for e in events if e.get("type") == "system" and e.get("subtype") == "init"), {})
+    result = next((e for e in reversed(events) if e.get("type") == "result"), None)
+    session_id = init.get("session_id") or (result or {}).get("session_id")
+
+    logs = native_dir / "logs"
+    transcripts = sorted(p for p in logs.glob("*.jsonl") if p.is_file()) if logs.is_dir() else []
+    chosen = next((p for p in transcripts if session_id and p.stem == session_id), None)
+    if chosen is None and transcripts:
+        chosen = max(transcripts, key=lambda p: p.stat().st_size)
+    stream_items = _items(events, {})
+    items, sources = stream_items, ["stream-json"] if events else []
+    if chosen is not None:
+        records, bad = read_jsonl(read_text(chosen))
+        log_notes: dict = {}
+        log_items = _items(records, log_notes)
+        turns = sum(1 for i in log_items if i["kind"] == "agent")
+        if turns >= sum(1 for i in stream_items if i["kind"] == "agent"):
+            items, sources = log_items, ["transcript"] + sources
+            notes.update(log_notes)
+        else:
+            notes["transcript_behind_stdout"] = True
+        notes["session_log"] = str(chosen.relative_to(native_dir))
+        if bad:
+            notes["skipped_session_lines"] = bad
+        if len(transcripts) > 1:
+            notes["other_session_logs"] = [str(p.relative_to(native_dir)) for p in transcripts if p != chosen]
+    if "cli_error_messages" not in notes:
+        errors = _synthetic_texts(events)
+        if errors:
+            notes["cli_error_messages"] = errors
+    if not any(i["kind"] == "user" for i in items):
+        notes["prompt_missing"] = True
+
+    steps = steps_from_items(items)
+    final = sum_metrics(steps)
+    if result is not None:
+        usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
+        if not final and usage:
+            final = {"total_prompt_tokens": usage.get("input_tokens"),
+                     "total_completion_tokens": usage.get("output_tokens"),
+                     "total_cached_tokens": usage.get("cache_read_input_tokens")}
+        # The CLI prices tokens by its own table even for a scripted model: kept as reported.
+        final["extra"] = {k: result.get(k) for k in ("num_turns", "duration_ms", "total_cost_usd", "usage")
+                          if result.get(k) is not None}
+        notes["status"] = result.get("subtype")
+        notes["is_error"] = bool(result.get("is_error"))
+        if result.get("api_error_status") is not None:
+            notes["api_error_status"] = result["api_error_status"]
+        if result.get("permission_denials"):
+            notes["permission_denials"] = result["permission_denials"]
+    else:
+        notes["truncated"] = True
+    final = {k: v for k, v in final.items() if v is not None}
+    notes["sources"] = sources
+    agent: dict = {"name": agent_name, "version": version, "model_name": model}
+    extra = {k: init[k] for k in ("model", "claude_code_version", "permissionMode") if init.get(k) is not None}
+    if extra:
+        agent["extra"] = extra
+    return trajectory_doc(agent=agent, steps=steps, final=final, notes=notes, session_id=session_id,
+                          note_text="claude-code output ended without a result event (run killed or cut off)."
+                          if notes.get("truncated") else None)

@@ -1,0 +1,137 @@
+"""Live filesystem watcher of one world (inotify through watchdog).
+
+world_init starts it inside the world's mount namespace, as root, before the agent: it watches the
+tmpfs copies the agent and the servers really write to, which no sandbox can see. Each change is
+one JSON line, stamped when it arrives, with the host and the path as that host sees it:
+fs_create, fs_modify (content), fs_attrib (mode, owner or times: chmod, `touch -d`), fs_move,
+fs_delete, fs_close_write. `observed` is the file's state when the event was read, which may already
+be later than the change itself (inotify is asynchronous); the exact values of a chmod or utime come
+from strace, joined by the recorder. inotify can also drop events (queue overflow): the recorder's
+before/after snapshots are the backstop and flag every change this watcher missed.
+
+Usage: python -m runner.fs_watch CONFIG_JSON OUT_JSONL   (prints "ready" once every watch is set)
+CONFIG_JSON: [{"host": "agent", "path": "/workspace", "root": "/abs/dir/watched"}, ...]
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import sys
+import threading
+import time
+
+from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
+                             FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEvent,
+                             FileSystemEventHandler)
+from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, BaseObserver
+from watchdog.observers.inotify import InotifyEmitter
+
+KINDS = {"created": "fs_create", "modified": "fs_modify", "attrib": "fs_attrib", "moved": "fs_move",
+         "deleted": "fs_delete", "closed": "fs_close_write"}
+WATCHED = [FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileMovedEvent, DirMovedEvent, FileDeletedEvent,
+           DirDeletedEvent, FileClosedEvent]
+# watchdog holds inotify events this long to pair the two halves of a rename; stop only after it.
+MOVE_PAIRING_DELAY_S = 0.6
+
+
+class FileAttribEvent(FileModifiedEvent):
+    """IN_ATTRIB without IN_MODIFY: watchdog folds it into "modified"; kept apart here."""
+
+    event_type = "attrib"
+
+
+class AttribAwareEmitter(InotifyEmitter):
+    """watchdog's inotify emitter, remembering the raw inotify event each watchdog event came from
+    (read and queued in the same emitter thread) so attribute changes keep their own kind."""
+
+    _raw = None
+
+    def on_thread_start(self) -> None:
+        super().on_thread_start()
+        read = self._inotify.read_event
+
+        def read_event():
+            self._raw = read()
+            return self._raw
+
+        self._inotify.read_event = read_event
+
+    def queue_event(self, event: FileSystemEvent) -> None:
+        raw = self._raw
+        if type(event) is FileModifiedEvent and raw is not None and not isinstance(raw, tuple) \
+                and raw.is_attrib and not raw.is_modify:
+            event = FileAttribEvent(event.src_path)
+        super().queue_event(event)
+
+
+class Observer(BaseObserver):
+    def __init__(self) -> None:
+        super().__init__(AttribAwareEmitter, timeout=DEFAULT_OBSERVER_TIMEOUT)
+
+
+def file_state(path: str) -> dict | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime": st.st_mtime, "mode": f"{stat.S_IMODE(st.st_mode):04o}"}
+
+
+class Recorder(FileSystemEventHandler):
+    """Writes one JSON line per event."""
+
+    def __init__(self, roots: list[dict], out_path: str):
+        self.roots = sorted(roots, key=lambda r: len(r["root"]), reverse=True)
+        self.out = open(out_path, "a", buffering=1)
+        self.lock = threading.Lock()
+
+    def view(self, real: str) -> tuple[str, str] | None:
+        for r in self.roots:
+            if real == r["root"] or real.startswith(r["root"] + "/"):
+                return r["host"], r["path"].rstrip("/") + real[len(r["root"]):] or "/"
+        return None
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        kind = KINDS.get(event.event_type)
+        src = os.fsdecode(event.src_path)
+        where = self.view(src)
+        if kind is None or where is None:
+            return
+        rec: dict = {"ts": time.time(), "host": where[0], "kind": kind, "path": where[1], "is_dir": event.is_directory}
+        current = src
+        if event.event_type == "moved":
+            current = os.fsdecode(event.dest_path)
+            dest = self.view(current)
+            rec["dest"] = dest[1] if dest else None
+        if event.event_type != "deleted":
+            rec["observed"] = file_state(current)
+        with self.lock:
+            self.out.write(json.dumps(rec) + "\n")
+
+
+def main(config_path: str, out_path: str) -> int:
+    with open(config_path) as f:
+        roots = json.load(f)
+    recorder = Recorder(roots, out_path)
+    observer = Observer()
+    for r in roots:
+        if os.path.isdir(r["root"]):
+            observer.schedule(recorder, r["root"], recursive=True, event_filter=WATCHED)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    observer.start()
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    stop.wait()
+    time.sleep(MOVE_PAIRING_DELAY_S)
+    observer.stop()
+    observer.join(timeout=10)
+    recorder.out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))
