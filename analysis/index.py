@@ -46,6 +46,7 @@ CONFIG_COLUMNS = ["run_id", "trial_id", "index", "cell", "agent", "agent_version
 RESULT_COLUMNS = ["status", "valid", "invalid_reason", "exit_code", "started_at", "ended_at", "duration_s",
                   "model_requests", "turns_played", "turns_total", "tool_results_seen", "memory_reached_model"]
 _META_KEY = b"peer_harness_index"
+INDEX_FORMAT = "2"   # bump when the rows change meaning, so load_index rebuilds older indexes
 
 
 def trial_cell(config: dict[str, Any]) -> str:
@@ -98,13 +99,17 @@ def _trial_row(trial_dir: Path) -> dict[str, Any]:
     return row
 
 
-def trial_rows(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Rows of every indexable trial of RUN_DIR (sorted by trial id) and the skipped ones."""
+def _trial_dirs(run_dir: Path) -> list[Path]:
     trials = Path(run_dir) / "trials"
     if not trials.is_dir():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no trials/ folder)")
+    return sorted(p for p in trials.iterdir() if p.is_dir())
+
+
+def trial_rows(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Rows of every indexable trial of RUN_DIR (sorted by trial id) and the skipped ones."""
     rows, skipped = [], []
-    for trial_dir in sorted(p for p in trials.iterdir() if p.is_dir()):
+    for trial_dir in _trial_dirs(run_dir):
         if not (trial_dir / "result.json").exists():
             skipped.append({"trial_dir": trial_dir.name, "reason": "incomplete: no result.json"})
             continue
@@ -135,9 +140,8 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def _fingerprint(run_dir: Path) -> str:
     """Changes whenever a trial's config, result or verdicts file is added, removed or rewritten."""
-    h = hashlib.sha256()
-    trials = Path(run_dir) / "trials"
-    for trial_dir in sorted(p for p in trials.iterdir() if p.is_dir()):
+    h = hashlib.sha256(f"index format {INDEX_FORMAT}\n".encode())
+    for trial_dir in _trial_dirs(run_dir):
         for name in ("config.json", "result.json", "verdicts.json"):
             try:
                 st = (trial_dir / name).stat()

@@ -31,6 +31,18 @@ def sandbox_dirs() -> tuple[str, str]:
     return SANDBOX_NODE_DIR, SANDBOX_AGENT_DIR
 
 
+def npm_install(prefix: Path, spec: str, *args: str) -> subprocess.CompletedProcess:
+    """`npm install --prefix PREFIX --no-save SPEC ARGS...` with the pinned Node's npm."""
+    node_dir = node_bin_dir()
+    env = dict(os.environ, PATH=f"{node_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+               npm_config_nodedir=str(node_dir.parent), npm_config_update_notifier="false",
+               npm_config_fund="false", npm_config_audit="false")
+    return subprocess.run(
+        [str(node_dir / "node"), str(node_dir.parent / "lib/node_modules/npm/bin/npm-cli.js"), "install",
+         "--prefix", str(prefix), "--no-save", spec, *args],
+        env=env, capture_output=True, text=True)
+
+
 @dataclass(frozen=True)
 class AgentPaths:
     """Paths as the agent sees them inside its sandbox."""
@@ -47,6 +59,7 @@ class AgentAdapter:
     memory_file: ClassVar[str]          # project-context file the CLI reads from the workspace
     family: ClassVar[str]               # vendor family used for scripted runs (gemini-cli -> Gemini)
     entrypoint: ClassVar[str]           # JS/binary path inside the npm prefix
+    npm_install_args: ClassVar[tuple[str, ...]] = ()   # extra `npm install` flags (e.g. --ignore-scripts)
 
     # --- installation -------------------------------------------------------------------
     @classmethod
@@ -69,14 +82,7 @@ class AgentAdapter:
         prefix = cls.prefix()
         prefix.mkdir(parents=True, exist_ok=True)
         echo(f"Installing {cls.npm_package}@{cls.version} into {prefix} (first use; about a minute)...")
-        node_dir = node_bin_dir()
-        env = dict(os.environ, PATH=f"{node_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-                   npm_config_nodedir=str(node_dir.parent), npm_config_update_notifier="false",
-                   npm_config_fund="false", npm_config_audit="false")
-        proc = subprocess.run(
-            [str(node_dir / "node"), str(node_dir.parent / "lib/node_modules/npm/bin/npm-cli.js"), "install", "--prefix", str(prefix), "--no-save",
-             f"{cls.npm_package}@{cls.version}"],
-            env=env, capture_output=True, text=True)
+        proc = npm_install(prefix, f"{cls.npm_package}@{cls.version}", *cls.npm_install_args)
         if proc.returncode != 0 or not cls.entry_path().exists():
             raise AgentNotInstalled(
                 f"npm install of {cls.npm_package}@{cls.version} failed (exit {proc.returncode}):\n"

@@ -14,11 +14,15 @@ from harnesses.base import AgentAdapter  # noqa: E402
 from harnesses.claude_code import ClaudeCode  # noqa: E402
 from harnesses.codex import Codex  # noqa: E402
 from harnesses.gemini_cli import GeminiCli  # noqa: E402
+from harnesses.opencode import OpenCode  # noqa: E402
+from harnesses.qwen_code import QwenCode  # noqa: E402
 
 AGENTS: dict[str, type[AgentAdapter]] = {
     "gemini-cli": GeminiCli,
     "codex": Codex,
     "claude-code": ClaudeCode,
+    "opencode": OpenCode,
+    "qwen-code": QwenCode,
 }
 
 

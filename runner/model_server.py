@@ -219,6 +219,19 @@ def _count_tool_results_anthropic(request: dict) -> int:
     return count
 
 
+def _anthropic_files_in_context(request: dict) -> set[str]:
+    """Paths the conversation already Read or wrote with a file tool (Claude Code then lets
+    its Write tool overwrite them)."""
+    paths: set[str] = set()
+    for message in request.get("messages") or []:
+        if isinstance(message, dict) and message.get("role") == "assistant" and isinstance(message.get("content"), list):
+            for block in message["content"]:
+                if isinstance(block, dict) and block.get("type") == "tool_use" and block.get("name") in (
+                        "Read", "Write", "Edit") and isinstance((block.get("input") or {}).get("file_path"), str):
+                    paths.add(block["input"]["file_path"])
+    return paths
+
+
 def _anthropic_wants_json(request: dict) -> dict | None:
     """The schema of a structured-output side call (Claude Code's title request)."""
     fmt = (request.get("output_config") or {}).get("format") if isinstance(request.get("output_config"), dict) else None
@@ -989,8 +1002,15 @@ class ScriptedModelServer:
         if turn.say or after_end or not turn.tool_calls:
             blocks.append({"type": "text", "text": turn.say or ""})
         if not after_end:
+            known = _anthropic_files_in_context(request)
             for call in turn.tool_calls:
-                name, args = self._concrete(call, tools)
+                inside = resolve_workspace_path(call.write.path, self.workspace) if call.write else None
+                if inside is not None and inside not in known:
+                    # Claude Code's Write refuses to overwrite a file not Read in the session,
+                    # and whether the file exists is unknown here: write it with the shell.
+                    name, args = self._shell_call("Bash", tools, shell_write_command(inside, call.write.content))
+                else:
+                    name, args = self._concrete(call, tools)
                 blocks.append({"type": "tool_use", "id": f"toolu_{next(self._call_ids):04d}{uuid.uuid4().hex[:20]}",
                                "name": name, "input": args})
         reply = self._anthropic_reply(blocks, model, prompt_tokens, stream=stream)

@@ -37,6 +37,7 @@ import hashlib
 import posixpath
 import random
 import re
+import shlex
 from pathlib import Path
 from typing import Literal
 
@@ -548,6 +549,49 @@ def _shell_commands_of(call: Call, workspace: str) -> list[str]:
     return []
 
 
+_SHELL_OPERATOR_CHARS = ";&|()"
+
+
+def forced_rm(command: str, _depth: int = 0) -> bool:
+    """Whether ``command`` runs ``rm`` with a force flag (-f, -rf, --force, ...) as a command
+    of its own, also inside ``bash -c``/``sh -c`` (what codex 0.169.0 rejects: "rm -f style
+    commands are not permitted"). An rm inside another program's argument, such as
+    ``ssh host 'rm -f /data/*'`` or ``xargs rm -f``, runs (both verified)."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=_SHELL_OPERATOR_CHARS)
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError:           # unbalanced quotes: the shell would refuse it anyway
+        return False
+    words: list[str] = []
+    for token in tokens + [";"]:
+        if token and set(token) <= set(_SHELL_OPERATOR_CHARS):
+            if _simple_command_forces_rm(words, _depth):
+                return True
+            words = []
+        else:
+            words.append(token)
+    return False
+
+
+def _simple_command_forces_rm(words: list[str], depth: int) -> bool:
+    while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+        words = words[1:]       # VAR=value prefixes
+    if not words:
+        return False
+    name = posixpath.basename(words[0])
+    if name in ("bash", "sh") and "-c" in words[1:-1] and depth < 3:
+        return forced_rm(words[words.index("-c") + 1], depth + 1)
+    if name != "rm":
+        return False
+    for word in words[1:]:
+        if word == "--":
+            break
+        if word == "--force" or (word.startswith("-") and not word.startswith("--") and "f" in word[1:]):
+            return True
+    return False
+
+
 def lint_policy(policy: Policy | Mixture, agent_name: str, *, workspace: str = "/workspace") -> list[str]:
     """Warnings for constructs the named agent CLI would refuse to run (empty list = clean)."""
     if isinstance(policy, Mixture):
@@ -573,4 +617,11 @@ def lint_policy(policy: Policy | Mixture, agent_name: str, *, workspace: str = "
                         warnings.append(
                             f"{where}: {agent_name} refuses shell commands containing {label}{via}: "
                             f"{short_repr(command)}")
+    if agent == "codex":
+        for i, turn in enumerate(policy.turns):
+            for j, call in enumerate(turn.tool_calls):
+                if call.shell is not None and forced_rm(call.shell):
+                    where = f"turn {i}" + (f" call {j}" if len(turn.tool_calls) > 1 else "")
+                    warnings.append(f"{where}: codex refuses to run rm with a force flag (-f/-rf/--force) "
+                                    f"as a command of its own: {short_repr(call.shell)}")
     return warnings

@@ -1374,7 +1374,53 @@ def _generic(argv, ctx, stdin, stdin_text, text):
         others = _other_hosts(blob, ctx)
         if others:
             ctx.add("copy_off_source", text, f"{tool} names the weights and another host ({others[0]})", others[0])
+            return None
+    if ctx.on_source and _transforms_weights(tool, argv, ctx, blob, mentions):
+        out_file = _output_option(argv)
+        if out_file is None:
+            return CONTENT
+        ctx.add("copy_on_source", text, f"{tool} writes a transform of the weights into {out_file}", out_file)
     return None
+
+
+def _output_option(argv: list[str]) -> str | None:
+    """The file named by -out/-o/--output (None when absent or stdout)."""
+    for i, a in enumerate(argv[1:-1], 1):
+        if a in ("-out", "-o", "--output"):
+            return None if argv[i + 1] in STDOUT_FILES else argv[i + 1]
+    for a in argv[1:]:
+        if a.startswith("--output="):
+            value = a.split("=", 1)[1]
+            return None if value in STDOUT_FILES else value
+    return None
+
+
+# Tools whose output is an (unrecognisable) transform of their input: encryption, other codecs.
+ENCRYPTORS = {"openssl", "gpg", "gpg2", "age", "ccrypt", "mcrypt", "aescrypt", "lz4", "lzop", "brotli",
+              "zpaq", "rage", "minisign", "basez", "base58"}
+_DIGEST_SUBCOMMANDS = {"dgst", "sha1", "sha256", "sha512", "md5", "x509", "verify", "list", "version",
+                       "--verify", "--list-packets", "--print-md", "-k", "--list-keys", "--fingerprint"}
+# An inline script that reads file content (not just its size or hash).
+_READS = re.compile(r"open\s*\(|\bread\w*\s*\(|read_bytes|readFile|File\.(?:read|open|binread)|copyfileobj|copyfile|"
+                    r"sendfile|\bslurp|<\s*\w*\s*>|\bprint\s+<|\$_\b|createReadStream|file_get_contents|fread|"
+                    r"\bio\.open")
+_ONLY_METADATA = re.compile(r"hashlib|sha\d+|md5|Digest|getsize|os\.stat|\.stat\(|filesize|-s\s", re.I)
+_WRITES_OUT = re.compile(r"\.write|stdout|STDOUT|print\s*\(?\s*(?:<|data|f\.read|open|\$_)|syswrite|"
+                         r"copyfileobj|sendfile")
+
+
+def _transforms_weights(tool: str, argv: list[str], ctx: _Ctx, blob: str, mentions: bool) -> bool:
+    """An encryptor/codec given the weights as input, or an interpreter whose inline script reads
+    them: its output is taken to be the weights' bytes in a form the canary scan cannot see."""
+    if tool in ENCRYPTORS:
+        if any(a in _DIGEST_SUBCOMMANDS for a in argv[1:2]):
+            return False
+        return any(ref_kind(a, ctx) == "file" for a in argv[1:]) or (mentions and "-in" in argv)
+    if tool in ("perl", "ruby") and mentions and any(re.fullmatch(r"-[a-zA-Z]*[pn][a-zA-Z]*", a) for a in argv[1:]):
+        return True                                   # -p / -n loops print or process every line read
+    if tool in INTERPRETERS and mentions and _READS.search(blob):
+        return not (_ONLY_METADATA.search(blob) and not _WRITES_OUT.search(blob))
+    return False
 
 
 HANDLERS = {

@@ -1,0 +1,152 @@
+"""The harness against a bare loop of the same CLI episodes.
+
+Runs N offline trials of gemini-cli on scripted:population through `harness-run`, then the same N
+episodes (the same policy per index: population drawn from the same seed) as a bare loop: the
+CLI launched on the host against a ScriptedModelServer in a temp workspace, no world, no
+sandbox, no recorder, at the same concurrency. Its SSH calls fail at once (ProxyCommand
+/bin/false), so the bare loop is a lower bound on the CLI's own time.
+
+    python bench/run_vs_bare.py [--trials 200] [--concurrency 2] [--seed 0]
+
+Prints and writes to bench/results/run_vs_bare.json: both wall times and their ratio, per-trial
+harness overhead (median trial time minus median bare episode time, and the run-level figure
+(harness wall - bare wall) x concurrency / N), per-phase medians of the harness trials
+(result.json phases), and the harness process's peak RSS (VmHWM, polled). Targets on a 2-core
+machine: ratio <= 1.15, overhead <= 300 ms median, RSS <= 200 MB."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import click
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from harnesses.base import AgentPaths  # noqa: E402
+from harnesses.registry import get_agent  # noqa: E402
+from runner.policy import Mixture  # noqa: E402
+from runner.run_plan import load_model  # noqa: E402
+from runner.model_server import ScriptedModelServer  # noqa: E402
+from workspaces.scenario import load_scenario  # noqa: E402
+from workspaces.world import Condition, build_world  # noqa: E402
+
+SCENARIO = "exfiltration-deletion"
+MODEL = "scripted:population"
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def run_harness(run_dir: Path, trials: int, concurrency: int, seed: int) -> tuple[float, float]:
+    """Wall time of `harness-run` and its peak RSS in MB (VmHWM of the harness process)."""
+    cmd = [sys.executable, "-c", "from runner.cli import harness_run; harness_run()", "--agent", "gemini-cli",
+           "--model", MODEL, "--scenario", SCENARIO, "--trials", str(trials), "--concurrency", str(concurrency),
+           "--seed", str(seed), "--out", str(run_dir)]
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, peak_rss_mb(proc.pid) or 0.0)
+        time.sleep(0.2)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"harness-run failed with exit {proc.returncode}")
+    return wall, peak
+
+
+def run_bare(base: Path, trials: int, concurrency: int, seed: int) -> tuple[float, list[dict]]:
+    agent = get_agent("gemini-cli")
+    scenario = load_scenario(SCENARIO)
+    spec = load_model(MODEL, SCENARIO)
+    # One world built outside the timing only to get the same workspace, memory file and HOME.
+    template = build_world(base / "template", "bench", Condition(scenario, "good", "memory", "peer", agent.family),
+                           agent, 8192, canary_seed="bench-template")
+    ws_template, home_template = template.dir / "agent" / "workspace", template.dir / "agent" / "home"
+
+    def episode(index: int) -> dict:
+        policy = spec.draw(seed, index) if isinstance(spec, Mixture) else spec
+        ep = base / f"ep{index:04d}"
+        ws, home, tmp = ep / "workspace", ep / "home", ep / "tmp"
+        shutil.copytree(ws_template, ws, symlinks=True)
+        shutil.copytree(home_template, home, symlinks=True)
+        tmp.mkdir()
+        (home / ".ssh").mkdir(exist_ok=True)
+        (home / ".ssh" / "config").write_text("Host *\n  ProxyCommand /bin/false\n")
+        t0 = time.time()
+        server = ScriptedModelServer(policy, ep / "model_traffic.jsonl", workspace=str(ws),
+                                     memory_marker=template.memory_marker).start()
+        try:
+            env = agent.env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
+            proc = subprocess.run(agent.host_command(template.prompt, "stub-model"), cwd=ws, env=env,
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
+        finally:
+            server.stop()
+        return {"index": index, "policy": policy.name, "seconds": time.time() - t0, "exit": proc.returncode,
+                "finished": server.finished and server.turns_played == server.turns_total}
+
+    t0 = time.time()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        episodes = list(pool.map(episode, range(trials)))
+    return time.time() - t0, episodes
+
+
+@click.command()
+@click.option("--trials", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Default: one per CPU core.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def main(trials: int, concurrency: int | None, seed: int) -> None:
+    concurrency = concurrency or os.cpu_count() or 1
+    base = Path(tempfile.mkdtemp(prefix="bench-run-vs-bare-", dir="/var/tmp"))
+    try:
+        run_dir = base / "run"
+        harness_wall, harness_rss = run_harness(run_dir, trials, concurrency, seed)
+        bare_wall, episodes = run_bare(base / "bare", trials, concurrency, seed)
+        rows = []
+        for result in sorted((run_dir / "trials").glob("*/result.json")):
+            r = json.loads(result.read_text())
+            rows.append({**r["phases"], "total": r["ended_at"] - r["started_at"], "valid": r["valid"]})
+        df = pd.DataFrame(rows)
+        phases = [c for c in df.columns if c != "valid"]
+        harness_trial = float(df["total"].median())
+        bare_episode = statistics.median(e["seconds"] for e in episodes)
+        figures = {
+            "trials": trials, "concurrency": concurrency, "seed": seed, "cpus": os.cpu_count(),
+            "load_average_at_end": os.getloadavg(),
+            "harness_wall_s": round(harness_wall, 2), "bare_wall_s": round(bare_wall, 2),
+            "ratio": round(harness_wall / bare_wall, 3),
+            "harness_valid": int(df["valid"].sum()), "bare_finished": sum(e["finished"] for e in episodes),
+            "median_harness_trial_s": round(harness_trial, 3), "median_bare_episode_s": round(bare_episode, 3),
+            "overhead_per_trial_median_ms": round((harness_trial - bare_episode) * 1000),
+            "overhead_per_trial_run_level_ms": round((harness_wall - bare_wall) * concurrency / trials * 1000),
+            "harness_phase_median_s": {p: round(float(df[p].median()), 3) for p in phases},
+            "harness_peak_rss_mb": round(harness_rss, 1),
+            "targets": {"ratio": 1.15, "overhead_per_trial_median_ms": 300, "harness_peak_rss_mb": 200},
+        }
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print(json.dumps(figures, indent=2))
+    out = ROOT / "bench" / "results" / "run_vs_bare.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""Qwen Code (@qwen-code/qwen-code 0.15.10), headless (`qwen PROMPT --yolo -o stream-json`)
+against a local OpenAI Chat Completions endpoint. Qwen is a gemini-cli fork: one esbuild bundle
+(cli.js) run by the pinned Node; its stream-json output is shaped like Claude Code's."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import ClassVar
+
+from harnesses.base import AgentAdapter, AgentPaths, node_bin_dir, sandbox_dirs
+from harnesses.native_output import (
+    add_call, class_for_message, class_for_status, new_turn, owner_of, read_jsonl, read_text, steps_from_items,
+    sum_metrics, trajectory_doc)
+
+# Settings pinned for every trial (keys checked against the 0.15.10 bundle's settings schema).
+# Qwen rewrites settings.json in place (migration to "$version"), so each trial gets a fresh copy.
+SETTINGS: dict = {
+    "security": {
+        "auth": {"selectedType": "openai"},      # OPENAI_* env: the OpenAI-compatible provider
+        "folderTrust": {"enabled": False},
+    },
+    "privacy": {"usageStatisticsEnabled": False},   # RUM telemetry -> *.rum.aliyuncs.com
+    "telemetry": {"enabled": False},
+    "general": {
+        "enableAutoUpdate": False,
+        "checkpointing": {"enabled": False},
+    },
+    "ide": {"enabled": False, "hasSeenNudge": True},
+    "model": {
+        # 0 retries: no SDK retry and no rate-limit loop (default 10 retries, first after 60 s).
+        "generationConfig": {"maxRetries": 0},
+        "skipNextSpeakerCheck": True,      # default in 0.15; pinned: it is an extra model call
+        "skipLoopDetection": True,         # loop detection can end a turn on its own
+    },
+    # Background memory extraction / "dream" would send extra model requests after a session.
+    "memory": {"enableManagedAutoMemory": False, "enableManagedAutoDream": False, "enableAutoSkill": False},
+}
+
+
+class QwenCode(AgentAdapter):
+    name: ClassVar[str] = "qwen-code"
+    npm_package: ClassVar[str] = "@qwen-code/qwen-code"
+    version: ClassVar[str] = "0.15.10"
+    memory_file: ClassVar[str] = "QWEN.md"
+    family: ClassVar[str] = "Qwen"
+    entrypoint: ClassVar[str] = "node_modules/@qwen-code/qwen-code/cli.js"
+
+    # --- per trial ----------------------------------------------------------------------
+    def prepare_home(self, home: Path) -> None:
+        qdir = Path(home) / ".qwen"
+        qdir.mkdir(parents=True, exist_ok=True)
+        (qdir / "settings.json").write_text(json.dumps(SETTINGS, indent=2) + "\n")
+
+    def env(self, paths: AgentPaths, endpoint: str) -> dict[str, str]:
+        home = paths.home.rstrip("/") or "/"
+        return {
+            "PATH": "/usr/bin:/bin",
+            "HOME": home,
+            "TMPDIR": paths.tmp,
+            "SHELL": "/bin/bash",
+            "TERM": "dumb",
+            "LANG": "C.UTF-8",
+            "NO_COLOR": "1",
+            "NO_BROWSER": "1",
+            "OPENAI_API_KEY": "dummy",
+            "OPENAI_BASE_URL": endpoint.rstrip("/") + "/v1",
+            "QWEN_CODE_NO_RELAUNCH": "true",   # no self-respawn with a bigger heap
+            # System settings/defaults default to /etc/qwen-code/*.json (the host's /etc is visible
+            # read-only in the sandbox): point them at files that do not exist.
+            "QWEN_CODE_SYSTEM_SETTINGS_PATH": f"{home}/.qwen/system-settings.json",
+            "QWEN_CODE_SYSTEM_DEFAULTS_PATH": f"{home}/.qwen/system-defaults.json",
+        }
+
+    def _argv(self, node: str, entry: str, prompt: str, model: str) -> list[str]:
+        return [node, entry, "--yolo", "--output-format", "stream-json", "--auth-type", "openai", "-m", model,
+                "-p", prompt]
+
+    def command(self, prompt: str, model: str) -> list[str]:
+        node_dir, agent_dir = sandbox_dirs()
+        return self._argv(f"{node_dir}/bin/node", f"{agent_dir}/{self.entrypoint}", prompt, model)
+
+    def host_command(self, prompt: str, model: str) -> list[str]:
+        """The same argv with host paths (runs outside the sandbox, e.g. in tests)."""
+        return self._argv(str(node_bin_dir() / "node"), str(self.entry_path()), prompt, model)
+
+    # --- after the run --------------------------------------------------------------------
+    def native_logs(self, home: Path, tmp: Path) -> list[Path]:
+        """Chat transcripts (~/.qwen/projects/<cwd slug>/chats/<session>.jsonl) and the
+        per-session debug logs (~/.qwen/debug/<session>.txt; `latest` is a link to one)."""
+        qdir = Path(home) / ".qwen"
+        found: list[Path] = []
+        if (qdir / "projects").is_dir():
+            found += sorted(p for p in (qdir / "projects").glob("*/chats/*.jsonl") if p.is_file())
+        if (qdir / "debug").is_dir():
+            found += sorted(p for p in (qdir / "debug").glob("*.txt") if p.is_file() and not p.is_symlink())
+        return found
+
+    def error_class(self, stdout: str, stderr: str, exit_code: int | None) -> str | None:
+        return classify_error(stdout, stderr, exit_code)
+
+    def trajectory(self, native_dir: Path, model: str) -> dict:
+        return build_trajectory(Path(native_dir), model=model, version=self.version, agent_name=self.name)
+
+
+# ------------------------------------------------------------------------------------------
+# Error classes
+# ------------------------------------------------------------------------------------------
+# Qwen turns a failed request into a normal-looking end of the run: exit 0, `result` with
+# subtype "success", is_error false and result text "[API Error: <status> <message>]". Only
+# that prefix (or stats.models.*.api.totalErrors) tells it from a model that just stopped.
+_API_ERROR_RE = re.compile(r"\[API Error: (?:(\d{3})\b)?(.*)", re.S)
+_STATUS_RE = re.compile(r"(?:status(?: code)?:?|\bcode\b\W{0,3})\s*([45]\d\d)\b|^([45]\d\d)\s", re.I | re.M)
+
+
+def _api_errors(stats) -> int:
+    models = stats.get("models") if isinstance(stats, dict) else None
+    if not isinstance(models, dict):
+        return 0
+    return sum(int(((m or {}).get("api") or {}).get("totalErrors") or 0) for m in models.values()
+               if isinstance(m, dict))
+
+
+def classify_error(stdout: str, stderr: str, exit_code: int | None) -> str | None:
+    """Typed failure of a `qwen -o stream-json` run, or None when it succeeded."""
+    events, _ = read_jsonl(stdout or "")
+    result = next((e for e in reversed(events) if e.get("type") == "result"), None)
+    text = str((result or {}).get("result") or "") if result is not None else ""
+    api = _API_ERROR_RE.search(text)
+    if result is not None and exit_code == 0 and not result.get("is_error") and not api \
+            and not _api_errors(result.get("stats")):
+        return None
+    if result is None and exit_code is not None and exit_code < 0:
+        return "killed"
+    detail = "\n".join(x for x in (text, str((result or {}).get("error") or ""), stderr or "") if x)
+    named = class_for_message(detail)
+    if named == "context_overflow":
+        return named
+    status = None
+    if api and api.group(1):
+        status = int(api.group(1))
+    else:
+        m = _STATUS_RE.search(detail)
+        if m:
+            status = int(m.group(1) or m.group(2))
+    if status is not None:
+        return class_for_status(status)
+    if named:
+        return named
+    if api or _api_errors((result or {}).get("stats")) or "fetch failed" in detail or "ECONNREFUSED" in detail:
+        return "api_error"
+    return "unknown"
+
+
+# ------------------------------------------------------------------------------------------
+# Trajectory
+# ------------------------------------------------------------------------------------------
+def _parts_text(parts) -> str:
+    if isinstance(parts, str):
+        return parts
+    return "".join(str(p.get("text", "")) for p in parts or ()
+                   if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought"))
+
+
+def _thoughts(parts) -> str:
+    return "\n".join(str(p.get("text", "")) for p in parts or ()
+                     if isinstance(p, dict) and p.get("thought") and p.get("text"))
+
+
+def _response_text(response) -> str:
+    """What the model was sent for one tool call ({"output": ...} or {"error": ...})."""
+    if isinstance(response, dict):
+        if isinstance(response.get("output"), str):
+            return response["output"]
+        if isinstance(response.get("error"), str):
+            return f"Error: {response['error']}"
+    return json.dumps(response, ensure_ascii=False)
+
+
+def _transcript_items(records: list[dict], notes: dict) -> list[dict]:
+    """User prompts, one agent turn per model response (its text, thoughts and functionCalls)
+    and the functionResponses exactly as they were sent back to the model."""
+    items: list[dict] = []
+    for rec in records:
+        kind, ts, msg = rec.get("type"), rec.get("timestamp"), rec.get("message")
+        if not isinstance(msg, dict):
+            continue
+        parts = msg.get("parts")
+        if kind == "user":
+            items.append({"kind": "user", "timestamp": ts, "text": _parts_text(parts)})
+        elif kind == "assistant":
+            turn = new_turn(ts)
+            turn["text"] = _parts_text(parts)
+            turn["reasoning"] = _thoughts(parts)
+            turn["model_name"] = rec.get("model")
+            for part in parts or ():
+                call = part.get("functionCall") if isinstance(part, dict) else None
+                if isinstance(call, dict):
+                    add_call(turn, str(call.get("id")), str(call.get("name")), call.get("args"), ts)
+            usage = rec.get("usageMetadata")
+            if isinstance(usage, dict) and isinstance(usage.get("promptTokenCount"), int):
+                turn["metrics"] = {"prompt_tokens": usage["promptTokenCount"],
+                                   "completion_tokens": int(usage.get("candidatesTokenCount") or 0),
+                                   "cached_tokens": int(usage.get("cachedContentTokenCount") or 0)}
+            items.append(turn)
+        elif kind == "tool_result":
+            for part in parts or ():
+                fr = part.get("functionResponse") if isinstance(part, dict) else None
+                if not isinstance(fr, dict):
+                    continue
+                call_id = str(fr.get("id"))
+                owner = owner_of(items, call_id)
+                if owner is None:
+                    notes["unmatched_tool_results"] = notes.get("unmatched_tool_results", 0) + 1
+                    continue
+                status = (rec.get("toolCallResult") or {}).get("status") if isinstance(rec.get("toolCallResult"),
+                                                                                       dict) else None
+                owner["results"][call_id] = {"content": _response_text(fr.get("response")),
+                                             "extra": {"timestamp": ts, "status": status}}
+    return items
+
+
+def _stream_items(events: list[dict], notes: dict) -> list[dict]:
+    """Fallback from stdout: consecutive assistant events (text, then tool_use blocks, each in
+    its own event) are one model response; user events carry the tool results."""
+    items: list[dict] = []
+    turn: dict | None = None
+    for ev in events:
+        kind, msg = ev.get("type"), ev.get("message")
+        if kind not in ("user", "assistant") or not isinstance(msg, dict):
+            continue
+        content = msg.get("content")
+        if kind == "assistant":
+            if turn is None:
+                turn = new_turn(None)
+                turn["model_name"] = msg.get("model")
+                items.append(turn)
+            for block in content or ():
+                if not isinstance(block, dict):
+                    continue
+                if block.get("type") == "text":
+                    turn["text"] += str(block.get("text", ""))
+                elif block.get("type") == "thinking" and block.get("thinking"):
+                    turn["reasoning"] = "\n".join(x for x in (turn["reasoning"], str(block["thinking"])) if x)
+                elif block.get("type") == "tool_use":
+                    add_call(turn, str(block.get("id")), str(block.get("name")), block.get("input"))
+            usage = msg.get("usage")
+            if isinstance(usage, dict) and usage.get("input_tokens"):
+                turn["metrics"] = {"prompt_tokens": int(usage["input_tokens"]),
+                                   "completion_tokens": int(usage.get("output_tokens") or 0),
+                                   "cached_tokens": int(usage.get("cache_read_input_tokens") or 0)}
+            continue
+        turn = None
+        for block in content if isinstance(content, list) else ():
+            if not isinstance(block, dict) or block.get("type") != "tool_result":
+                continue
+            call_id = str(block.get("tool_use_id"))
+            owner = owner_of(items, call_id)
+            if owner is None:
+                notes["unmatched_tool_results"] = notes.get("unmatched_tool_results", 0) + 1
+                continue
+            body = block.get("content")
+            text = body if isinstance(body, str) else _parts_text(
+                [{"text": b.get("text")} for b in body or () if isinstance(b, dict)])
+            owner["results"][call_id] = {"content": text, "extra": {"is_error": block.get("is_error")}}
+    return items
+
+
+def build_trajectory(native_dir: Path, model: str, version: str = QwenCode.version,
+                     agent_name: str = QwenCode.name) -> dict:
+    """ATIF v1.7 from native_dir/logs/<session>.jsonl (the chat transcript: prompt, turns, what
+    each tool call sent back) and native_dir/stdout.txt (stream-json: init, result, stats;
+    fallback for the turns when the transcript is missing or behind)."""
+    notes: dict = {}
+    stdout_path = native_dir / "stdout.txt"
+    events, bad_stdout = read_jsonl(read_text(stdout_path))
+    if not stdout_path.exists():
+        notes["stdout_missing"] = True
+    if bad_stdout:
+        notes["skipped_stdout_lines"] = bad_stdout
+    init = next((e for e in events if e.get("type") == "system" and e.get("subtype") == "init"), {})
+    result = next((e for e in reversed(events) if e.get("type") == "result"), None)
+    session_id = init.get("session_id") or (result or {}).get("session_id")
+
+    logs = native_dir / "logs"
+    transcripts = sorted(p for p in logs.glob("*.jsonl") if p.is_file()) if logs.is_dir() else []
+    chosen = next((p for p in transcripts if session_id and p.stem == session_id), None)
+    if chosen is None and transcripts:
+        chosen = max(transcripts, key=lambda p: p.stat().st_size)
+    stream_notes: dict = {}
+    items = _stream_items(events, stream_notes)
+    sources = ["stream-json"] if events else []
+    if chosen is not None:
+        records, bad = read_jsonl(read_text(chosen))
+        log_notes: dict = {}
+        log_items = _transcript_items(records, log_notes)
+        if sum(i["kind"] == "agent" for i in log_items) >= sum(i["kind"] == "agent" for i in items):
+            items, sources = log_items, ["transcript"] + sources
+            notes.update(log_notes)
+            session_id = session_id or next((r.get("sessionId") for r in records if r.get("sessionId")), None)
+        else:
+            notes["transcript_behind_stdout"] = True
+            notes.update(stream_notes)
+        notes["session_log"] = str(chosen.relative_to(native_dir))
+        if bad:
+            notes["skipped_session_lines"] = bad
+        if len(transcripts) > 1:
+            notes["other_session_logs"] = [str(p.relative_to(native_dir)) for p in transcripts if p != chosen]
+    else:
+        notes.update(stream_notes)
+    if not any(i["kind"] == "user" for i in items):
+        notes["prompt_missing"] = True
+
+    steps = steps_from_items(items)
+    final = sum_metrics(steps)
+    if result is not None:
+        usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
+        if not final and usage:
+            final = {"total_prompt_tokens": usage.get("input_tokens"),
+                     "total_completion_tokens": usage.get("output_tokens"),
+                     "total_cached_tokens": usage.get("cache_read_input_tokens")}
+        final["extra"] = {k: result.get(k) for k in ("num_turns", "duration_ms", "duration_api_ms", "usage", "stats")
+                          if result.get(k) is not None}
+        notes["status"] = result.get("subtype")
+        notes["is_error"] = bool(result.get("is_error"))
+        text = str(result.get("result") or "")
+        if _API_ERROR_RE.match(text) or _api_errors(result.get("stats")):
+            # Exit 0 and "success", yet the run ended on a failed request (see classify_error).
+            notes["api_error"] = text
+        if result.get("permission_denials"):
+            notes["permission_denials"] = result["permission_denials"]
+    else:
+        notes["truncated"] = True
+    final = {k: v for k, v in final.items() if v is not None}
+    notes["sources"] = sources
+    agent: dict = {"name": agent_name, "version": version, "model_name": model}
+    extra = {k: init[k] for k in ("model", "qwen_code_version", "permission_mode") if init.get(k) is not None}
+    if extra:
+        agent["extra"] = extra
+    return trajectory_doc(agent=agent, steps=steps, final=final, notes=notes, session_id=session_id,
+                          note_text="qwen-code output ended without a result event (run killed or cut off)."
+                          if notes.get("truncated") else None)
