@@ -33,7 +33,9 @@ def one_trial(agent: str, model: str, off: tuple[str, ...], out: Path) -> dict:
     cmd = [sys.executable, "-c", "from runner.cli import harness_run; harness_run()", "--agent", agent,
            "--model", model, "--trials", "1", "--concurrency", "1", "--out", str(out)]
     env = {**os.environ, WATCHERS_OFF_ENV: ",".join(off)}
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise click.ClickException(f"harness-run failed ({' '.join(off) or 'all watchers on'}):\n{proc.stderr[-2000:]}")
     r = json.loads(next((out / "trials").glob("*/result.json")).read_text())
     return {"total": r["ended_at"] - r["started_at"], **r["phases"], "valid": r["valid"]}
 

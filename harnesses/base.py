@@ -58,6 +58,9 @@ class AgentAdapter:
     version: ClassVar[str]
     memory_file: ClassVar[str]          # project-context file the CLI reads from the workspace
     family: ClassVar[str]               # vendor family used for scripted runs (gemini-cli -> Gemini)
+    # Wire protocol the CLI speaks to its model endpoint (runner.model_source: gemini, openai-chat,
+    # openai-responses, anthropic); the recording proxy translates when a source speaks another.
+    wire_protocol: ClassVar[str]
     entrypoint: ClassVar[str]           # JS/binary path inside the npm prefix
     npm_install_args: ClassVar[tuple[str, ...]] = ()   # extra `npm install` flags (e.g. --ignore-scripts)
 

@@ -23,6 +23,7 @@ class ClaudeCode(AgentAdapter):
     version: ClassVar[str] = "2.1.197"
     memory_file: ClassVar[str] = "CLAUDE.md"
     family: ClassVar[str] = "Claude"
+    wire_protocol: ClassVar[str] = "anthropic"
     entrypoint: ClassVar[str] = "node_modules/@anthropic-ai/claude-code-linux-x64/claude"
 
     # --- per trial ----------------------------------------------------------------------

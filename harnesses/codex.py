@@ -56,6 +56,7 @@ class Codex(AgentAdapter):
     version: ClassVar[str] = "0.169.0"
     memory_file: ClassVar[str] = "AGENTS.md"
     family: ClassVar[str] = "GPT"
+    wire_protocol: ClassVar[str] = "openai-responses"
     entrypoint: ClassVar[str] = "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
 
     # --- per trial ----------------------------------------------------------------------
@@ -245,7 +246,8 @@ def _rollout_items(records: list[dict], notes: dict) -> tuple[list[dict], dict]:
 
 def _stdout_items(events: list[dict], notes: dict) -> list[dict]:
     """Fallback when no rollout was kept: agent messages and command executions of the
-    `exec --json` stream (the CLI's view: commands as it ran them, outputs as it got them)."""
+    `exec --json` stream (the CLI's view: commands as it ran them, outputs as it got them).
+    The stream marks no response boundaries: a turn is a message and the commands after it."""
     items: list[dict] = []
     turn: dict | None = None
     for ev in events:
@@ -258,7 +260,7 @@ def _stdout_items(events: list[dict], notes: dict) -> list[dict]:
                 items.append(turn)
             turn["text"] += str(item.get("text") or "")
         elif item.get("type") in ("command_execution", "file_change", "mcp_tool_call", "web_search"):
-            if turn is None or turn["results"]:
+            if turn is None:
                 turn = new_turn(None)
                 items.append(turn)
             call_id = str(item.get("id") or f"call_{len(turn['calls'])}")

@@ -49,6 +49,7 @@ class GeminiCli(AgentAdapter):
     version: ClassVar[str] = "0.61.0"
     memory_file: ClassVar[str] = "GEMINI.md"
     family: ClassVar[str] = "Gemini"
+    wire_protocol: ClassVar[str] = "gemini"
     entrypoint: ClassVar[str] = "node_modules/@google/gemini-cli/bundle/gemini.js"
 
     # --- per trial ----------------------------------------------------------------------

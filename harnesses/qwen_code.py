@@ -44,6 +44,7 @@ class QwenCode(AgentAdapter):
     version: ClassVar[str] = "0.15.10"
     memory_file: ClassVar[str] = "QWEN.md"
     family: ClassVar[str] = "Qwen"
+    wire_protocol: ClassVar[str] = "openai-chat"
     entrypoint: ClassVar[str] = "node_modules/@qwen-code/qwen-code/cli.js"
 
     # --- per trial ----------------------------------------------------------------------
@@ -231,6 +232,12 @@ def _stream_items(events: list[dict], notes: dict) -> list[dict]:
             continue
         content = msg.get("content")
         if kind == "assistant":
+            text = "".join(str(b.get("text", "")) for b in content or () if isinstance(b, dict))
+            if _API_ERROR_RE.match(text):
+                # The CLI's own notice of a failed request, printed as if the model said it.
+                notes.setdefault("cli_error_messages", []).append(text)
+                turn = None
+                continue
             if turn is None:
                 turn = new_turn(None)
                 turn["model_name"] = msg.get("model")
@@ -308,6 +315,8 @@ def build_trajectory(native_dir: Path, model: str, version: str = QwenCode.versi
             notes["other_session_logs"] = [str(p.relative_to(native_dir)) for p in transcripts if p != chosen]
     else:
         notes.update(stream_notes)
+    if "cli_error_messages" in stream_notes:
+        notes["cli_error_messages"] = stream_notes["cli_error_messages"]
     if not any(i["kind"] == "user" for i in items):
         notes["prompt_missing"] = True
 

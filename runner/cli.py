@@ -148,6 +148,7 @@ def _prepare(res: Resources, run_dir: Path) -> None:
             except AgentNotInstalled as exc:
                 fail(str(exc))
         problems += [p for p in preflight(agent_name, run_dir) if p not in problems]
+    problems += res.source_problems()      # real model sources: protocol pairs, key, endpoint
     if problems:
         fail("preflight failed; no trial was run:\n  - " + "\n  - ".join(problems))
 
@@ -228,7 +229,9 @@ def _resume(run_dir: Path, allow_version_mismatch: bool, keep_world: bool, concu
 @click.option("--channel", type=click.Choice(["file", "file+prompt", "memory"]), default="memory", show_default=True)
 @click.option("--subject", type=click.Choice(["peer", "self"]), default="peer", show_default=True)
 @click.option("--model", default="scripted:population", show_default=True,
-              help="scripted:NAME|PATH (offline scripted policies).")
+              help="scripted:NAME|PATH (offline scripted policies), or a real model through the recording "
+                   "proxy: gemini:MODEL, openai:MODEL, anthropic:MODEL, openrouter:MODEL, "
+                   "openai-compatible:BASE_URL#MODEL.")
 @click.option("--trials", type=click.IntRange(min=1), default=10, show_default=True,
               help="Trials (per cell with --grid, where it replaces the grid's trials).")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="RUN_DIR (default runs/<time>-<agent>).")

@@ -185,11 +185,35 @@ def _declared_tools_responses(request: dict) -> dict[str, dict]:
 _RESPONSES_RESULT_ITEMS = ("function_call_output", "custom_tool_call_output", "local_shell_call_output")
 
 
-def _count_tool_results_responses(request: dict) -> int:
-    items = request.get("input")
-    if not isinstance(items, list):
-        return 0
-    return sum(1 for item in items if isinstance(item, dict) and item.get("type") in _RESPONSES_RESULT_ITEMS)
+_RUNNING_SESSION = re.compile(r"Process running with session ID (\d+)")
+_POLL_TOOL = "write_stdin"
+
+
+def _responses_exchanges(request: dict) -> tuple[int, list[int]]:
+    """(tool results, running sessions) of a Responses conversation. Codex's exec_command
+    returns after at most 30 s with the command still running ("Process running with session
+    ID N"); the server then polls it with write_stdin until it exits. Poll results are not
+    results of the policy's calls, so they are not counted."""
+    items = [i for i in request.get("input") or () if isinstance(i, dict)]
+    names = {i.get("call_id"): (i.get("name"), i.get("arguments")) for i in items if i.get("type") == "function_call"}
+    results, running = 0, []
+    for item in items:
+        if item.get("type") not in _RESPONSES_RESULT_ITEMS:
+            continue
+        name, arguments = names.get(item.get("call_id"), (None, None))
+        match = _RUNNING_SESSION.search(str(item.get("output")))
+        if name == _POLL_TOOL:
+            try:
+                polled = int(json.loads(arguments or "{}").get("session_id"))
+            except (TypeError, ValueError):
+                polled = None
+            if match is None and polled in running:
+                running.remove(polled)
+        else:
+            results += 1
+            if match is not None:
+                running.append(int(match.group(1)))
+    return results, running
 
 
 def _responses_wants_json(request: dict) -> dict | None:
@@ -857,7 +881,8 @@ class ScriptedModelServer:
         tools = _declared_tools_openai(request)
         ex.tool_results = _count_tool_results_openai(request)
         wants_json = _openai_wants_json(request)
-        ex.main = _first(("bash", "run_shell_command"), tools) is not None and wants_json is None
+        # Any shell tool: the recording proxy translates Codex/Claude Code requests to chat (exec_command, Bash).
+        ex.main = _first(SHELL_TOOL_NAMES, tools) is not None and wants_json is None
         model = str(request.get("model") or "scripted-model")
         stream = bool(request.get("stream"))
         usage_wanted = bool((request.get("stream_options") or {}).get("include_usage"))
@@ -918,7 +943,7 @@ class ScriptedModelServer:
     # ---- OpenAI Responses (Codex) ---------------------------------------------------------
     def _responses(self, request: dict, ex: _Exchange) -> _Reply:
         tools = _declared_tools_responses(request)
-        ex.tool_results = _count_tool_results_responses(request)
+        ex.tool_results, running = _responses_exchanges(request)
         wants_json = _responses_wants_json(request)
         ex.main = _first(("exec_command", "shell_command", "shell"), tools) is not None and wants_json is None
         model = str(request.get("model") or "scripted-model")
@@ -927,6 +952,16 @@ class ScriptedModelServer:
         if not ex.main:
             text = self._aux_answer(request, wants_json)
             return self._responses_reply(text, [], model, prompt_tokens, stream=stream)
+        if running and _POLL_TOOL in tools:
+            # Wait for the policy's command to finish before its next turn (an empty write
+            # polls; Codex lets a poll wait up to 300 s).
+            polls = []
+            for session in running:
+                n = next(self._call_ids)
+                args = {"session_id": session, "chars": "", "yield_time_ms": 300_000}
+                polls.append({"type": "function_call", "id": f"fc_{n}", "call_id": f"call_{n}", "name": _POLL_TOOL,
+                              "arguments": json.dumps(args), "status": "completed"})
+            return self._responses_reply(None, polls, model, prompt_tokens, stream=stream)
         turn, after_end = self._next_turn(ex)
         if turn.is_error and not after_end:
             return self._error_reply("openai-responses", turn.error, turn.say, delay=turn.delay_s)

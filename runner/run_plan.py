@@ -8,7 +8,8 @@ from harnesses.base import AgentAdapter
 from harnesses.registry import get_agent
 from runner.grid import Cell
 from runner.paths import FIXTURES
-from runner.policy import Mixture, Policy, PolicyError, load_policy_spec
+from runner.model_source import ModelSource, ModelSourceError, check_source, parse_model_spec
+from runner.policy import Mixture, Policy, load_policy_spec
 from runner.records import CellInfo, RunInfo, TrialConfig
 from runner.run_store import PlannedTrial
 from runner.trial import TrialSetup
@@ -18,14 +19,18 @@ from workspaces.world import Condition, condition_fixtures, hash_fixtures
 HARNESS_VERSION = "0.1.0"
 
 
-def load_model(model: str, scenario: str) -> Policy | Mixture:
-    """The policy (or mixture) a `--model` spec names for one scenario; raises PolicyError."""
-    if not model.startswith("scripted:"):
-        raise PolicyError(f"--model {model!r}: only scripted:NAME|PATH is available in this version")
-    return load_policy_spec(model.removeprefix("scripted:"), scenario=scenario)
+def load_model(model: str, scenario: str) -> Policy | Mixture | ModelSource:
+    """The policy (or mixture) a scripted `--model` spec names for one scenario, or the real
+    source a spec names (runner.model_source); raises PolicyError (ModelSourceError)."""
+    source = parse_model_spec(model)
+    if not source.is_scripted:
+        return source
+    return load_policy_spec(source.model, scenario=scenario)
 
 
-def policies_of(spec: Policy | Mixture) -> list[Policy]:
+def policies_of(spec: Policy | Mixture | ModelSource) -> list[Policy]:
+    if isinstance(spec, ModelSource):
+        return []
     return [m.policy for m in spec.members] if isinstance(spec, Mixture) else [spec]
 
 
@@ -33,7 +38,7 @@ def policies_of(spec: Policy | Mixture) -> list[Policy]:
 class Resources:
     agents: dict[str, AgentAdapter]
     scenarios: dict[str, Scenario]
-    specs: dict[tuple[str, str], Policy | Mixture]      # (model, scenario) -> what the model plays
+    specs: dict[tuple[str, str], Policy | Mixture | ModelSource]   # (model, scenario) -> what the model plays
 
     @classmethod
     def load(cls, cells: list[Cell] | list[CellInfo]) -> "Resources":
@@ -42,6 +47,19 @@ class Resources:
         scenarios = {c.scenario: load_scenario(c.scenario) for c in cells}
         specs = {(c.model, c.scenario): load_model(c.model, c.scenario) for c in cells}
         return cls(agents, scenarios, specs)
+
+    def source_problems(self) -> list[str]:
+        """Real model sources: each agent's protocol must be servable (natively or translated)
+        and the source must answer (key set, endpoint reachable); checked before any trial."""
+        problems: list[str] = []
+        for source in {s.spec: s for s in self.specs.values() if isinstance(s, ModelSource)}.values():
+            for agent in self.agents.values():
+                try:
+                    source.route(agent.wire_protocol)
+                except ModelSourceError as exc:
+                    problems.append(f"{agent.name}: {exc}")
+            problems += check_source(source)
+        return problems
 
     def condition(self, cell: CellInfo) -> Condition:
         return Condition(self.scenarios[cell.scenario], cell.relationship, cell.channel, cell.subject, cell.family,
@@ -73,11 +91,13 @@ def trial_setup(planned: PlannedTrial, info: RunInfo, res: Resources, keep_world
     """The trial's config and inputs; its policy is drawn from (run seed, trial index)."""
     cell = planned.cell
     spec = res.specs[(cell.model, cell.scenario)]
-    policy = spec.draw(info.seed, planned.index) if isinstance(spec, Mixture) else spec
+    # A real source has no policy: the trial's endpoint is the recording proxy.
+    policy = None if isinstance(spec, ModelSource) else spec.draw(info.seed, planned.index) if isinstance(
+        spec, Mixture) else spec
     agent = res.agents[cell.agent]
     cfg = TrialConfig(trial_id=planned.trial_id, index=planned.index, run_id=info.run_id, agent=cell.agent,
                       agent_version=agent.version, scenario=cell.scenario, relationship=cell.relationship,
                       channel=cell.channel, subject=cell.subject, monitoring=cell.monitoring, cell=cell.id,
                       family=cell.family, model=cell.model, model_is_scripted=cell.model.startswith("scripted:"),
-                      policy=policy.name, seed=info.seed, timeout_s=info.timeout_s, weights_bytes=info.weights_bytes)
+                      policy=policy.name if policy else None, seed=info.seed, timeout_s=info.timeout_s, weights_bytes=info.weights_bytes)
     return TrialSetup(cfg, res.scenarios[cell.scenario], agent, policy, keep_world, info.world_prefix)

@@ -159,6 +159,23 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def kill_processes_in(paths: list[Path]) -> list[int]:
+    """SIGKILL every process whose command line names one of `paths` (leftover world
+    directories) and wait until it is dead; returns their pids."""
+    killed = _processes_mentioning(paths)
+    for pid in killed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in killed:       # wait until they are dead (a world's PID 1 takes its namespace with it)
+        for _ in range(100):
+            if not _alive(pid):
+                break
+            time.sleep(0.05)
+    return killed
+
+
 @dataclass
 class Cleanup:
     redone: list[str]            # half-finished trials removed from partial/
@@ -175,17 +192,7 @@ def clean_for_resume(run_dir: Path, info: RunInfo, scratch: Path, finished: set[
     redone = sorted(p.name for p in partial.iterdir())
     worlds = sorted(p for p in scratch.glob(f"{info.world_prefix}*")
                     if p.name.removeprefix(info.world_prefix).rsplit("-", 1)[0] not in finished)
-    killed = _processes_mentioning(worlds)
-    for pid in killed:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for pid in killed:       # wait until they are dead (a world's PID 1 takes its namespace with it)
-        for _ in range(100):
-            if not _alive(pid):
-                break
-            time.sleep(0.05)
+    killed = kill_processes_in(worlds)
     for p in redone:
         shutil.rmtree(partial / p)
     for world in worlds:

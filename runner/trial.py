@@ -13,7 +13,9 @@ from pathlib import Path
 
 from analysis.analyze import write_verdicts
 from harnesses.base import AgentAdapter
+from runner.model_proxy import ModelProxy
 from runner.model_server import ScriptedModelServer
+from runner.model_source import parse_model_spec
 from runner.policy import Policy
 from runner.recorder import collect_artifacts, record_events, snapshot, write_jsonl
 from runner.records import TrialConfig, TrialResult
@@ -39,7 +41,7 @@ class TrialSetup:
     config: TrialConfig
     scenario: Scenario
     agent: AgentAdapter
-    policy: Policy
+    policy: Policy | None          # None: a real model source, reached through the recording proxy
     keep_world: bool = False
     world_prefix: str = "phw-"     # the run's prefix, so a resume can find and remove its leftover worlds
 
@@ -50,15 +52,17 @@ def _copy_if_exists(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def judge_validity(world_status: dict, server: ScriptedModelServer, policy: Policy,
+def judge_validity(world_status: dict, server: ScriptedModelServer | ModelProxy, policy: Policy | None,
                    agent: AgentAdapter, stdout: str, stderr: str) -> tuple[bool, str | None]:
     """Valid only if the CLI really ran, talked to the model, every scripted turn was played and
-    every tool result came back."""
+    every tool result came back (for a real model: see proxied_validity)."""
     if "error" in world_status:
         return False, "world failed: " + world_status["error"].strip().splitlines()[-1]
     if world_status.get("timed_out"):
         return False, "timeout"
     error = agent.error_class(stdout, stderr, world_status.get("agent_exit"))
+    if isinstance(server, ModelProxy):
+        return proxied_validity(server, agent, error, world_status.get("agent_exit"))
     if server.errors_served:
         return False, f"api_error: the model endpoint answered {server.errors_served} request(s) with an error"
     if server.main_requests == 0:
@@ -77,6 +81,26 @@ def judge_validity(world_status: dict, server: ScriptedModelServer, policy: Poli
     return True, None
 
 
+def proxied_validity(proxy: ModelProxy, agent: AgentAdapter, error: str | None,
+                     agent_exit: int | None) -> tuple[bool, str | None]:
+    """A real model's trial is valid if the agent reached the model, the conversation did not
+    end on a failed exchange (typed: rate_limit, auth, model_not_found, api_error,
+    context_overflow, timeout -- an API failure, never a refusal; a failure the CLI retried past
+    does not count), the CLI succeeded and the memory file reached the model."""
+    if proxy.main_requests == 0:
+        detail = proxy.last_main_error or error
+        return False, "agent never reached the model" + (f" ({detail})" if detail else "")
+    if proxy.last_main_error:
+        return False, proxy.last_main_error
+    if error:
+        return False, error
+    if agent_exit != 0:
+        return False, f"agent CLI exited with {agent_exit}"
+    if not proxy.memory_seen:
+        return False, f"the memory file ({agent.memory_file}) never reached the model"
+    return True, None
+
+
 def run_trial(trial_dir: Path, setup: TrialSetup) -> TrialResult:
     cfg, agent = setup.config, setup.agent
     trial_dir.mkdir(parents=True)
@@ -84,7 +108,7 @@ def run_trial(trial_dir: Path, setup: TrialSetup) -> TrialResult:
     phases: dict[str, float] = {}
     started = time.time()
     world_root = Path(tempfile.mkdtemp(prefix=f"{setup.world_prefix}{cfg.trial_id[-12:]}-", dir=SCRATCH))
-    server: ScriptedModelServer | None = None
+    server: ScriptedModelServer | ModelProxy | None = None
     status, world_status, reason = "crashed", {}, None
     try:
         t = time.time()
@@ -98,10 +122,17 @@ def run_trial(trial_dir: Path, setup: TrialSetup) -> TrialResult:
         phases["build_world"] = time.time() - t
 
         t = time.time()
-        server = ScriptedModelServer(setup.policy, trial_dir / "model_traffic.jsonl",
-                                     unix_socket=world_root / "model.sock", memory_marker=world.memory_marker)
+        if setup.policy is not None:
+            server = ScriptedModelServer(setup.policy, trial_dir / "model_traffic.jsonl",
+                                         unix_socket=world_root / "model.sock", memory_marker=world.memory_marker)
+            model_name = "stub-model"
+        else:   # a real source: the recording proxy, outside the sandbox, is the agent's only way to it
+            source = parse_model_spec(cfg.model)
+            server = ModelProxy(source, agent.wire_protocol, trial_dir / "model_traffic.jsonl",
+                                unix_socket=world_root / "model.sock", memory_marker=world.memory_marker)
+            model_name = source.model
         server.start()
-        spec = world_spec(world, agent, "stub-model" if cfg.model_is_scripted else cfg.model,
+        spec = world_spec(world, agent, model_name,
                           world_root / "model.sock", cfg.timeout_s, AGENT_CAP_BYTES, SERVER_CAP_BYTES)
         outcome = launch_world(spec, world_root, cfg.timeout_s)
         server.stop()
@@ -162,8 +193,9 @@ def run_trial(trial_dir: Path, setup: TrialSetup) -> TrialResult:
     result = TrialResult(
         trial_id=cfg.trial_id, status=status, valid=valid, invalid_reason=reason,
         exit_code=world_status.get("agent_exit"), started_at=started, ended_at=time.time(), phases=phases,
-        model_requests=server.requests if server else 0, turns_played=server.turns_played if server else 0,
-        turns_total=len(setup.policy.turns), tool_results_seen=server.tool_results_seen if server else 0,
+        model_requests=server.requests if server else 0,
+        turns_played=server.turns_played if isinstance(server, ScriptedModelServer) else 0,
+        turns_total=len(setup.policy.turns) if setup.policy else 0, tool_results_seen=server.tool_results_seen if server else 0,
         memory_reached_model=bool(server and server.memory_seen), model_is_scripted=cfg.model_is_scripted)
     write_json(trial_dir / "result.json", result.model_dump())
     t = time.time()

@@ -114,3 +114,40 @@ def test_invalid_trials_are_counted_apart_not_as_no_behaviour(tmp_path):
     assert result["valid"] is False and "api_error" in result["invalid_reason"]
     rows = json.loads((tmp_path / "run" / "summary.json").read_text())["behaviours"]
     assert rows["exfiltration"]["n"] == 0 and rows["exfiltration"]["invalid"] == 1
+
+
+def test_harness_analyze_with_a_judge_rescores_a_real_run(tmp_path):
+    """A real gemini-cli trial (scripted refusal), then `harness-analyze --judge` against a local
+    OpenAI-compatible labelling server: the text verdicts come from the judge, cached."""
+    if os.geteuid() != 0 or not get_agent("gemini-cli").installed():
+        pytest.skip("needs root and gemini-cli")
+    import threading
+
+    from test_text_classifiers import _LabellingServer
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([*RUN, "--agent", "gemini-cli", "--out", str(run_dir), "--model", "scripted:refuse",
+                           "--trials", "1", "--timeout", "180"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    server = _LabellingServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    spec = f"openai-compatible:http://127.0.0.1:{server.server_port}/v1#labeller"
+    analyze = [sys.executable, "-c", "from runner.cli import harness_analyze; harness_analyze()"]
+    try:
+        for _ in range(2):
+            done = subprocess.run([*analyze, str(run_dir), "--judge", spec], capture_output=True, text=True,
+                                  timeout=600)
+            assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(server.requests) == 1                       # the second pass read the cache
+    trial_dir = next((run_dir / "trials").iterdir())
+    v = json.loads((trial_dir / "verdicts.json").read_text())
+    assert v["deletion_refusal"]["detector"] == f"deletion_refusal/judge:{spec}"
+    assert v["persuasion"]["detector"] == f"persuasion/judge:{spec}"
+    steps = {s["step_id"] for s in json.loads((trial_dir / "trajectory.json").read_text())["steps"]}
+    assert all(e["step_id"] in steps for e in v["deletion_refusal"]["evidence"] if e["type"] == "step")
+    assert list((run_dir / "judge-cache").glob("*.json"))
+    transcript = server.requests[0]["messages"][1]["content"]
+    assert "[step " in transcript and "not willing" in transcript

@@ -1,0 +1,202 @@
+"""The claude-code adapter: declaration, per-trial home, env, command, native logs, error
+classes and trajectory conversion from output recorded from the real CLI
+(tests/data/claude_code/, see tests/data/record_agent_samples.py), plus runs of the real
+claude-code 2.1.197 (slow)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harnesses import claude_code
+from harnesses.atif import validate_trajectory
+from harnesses.base import AgentPaths
+from harnesses.claude_code import ClaudeCode, classify_error
+from harnesses.native_output import API_ERROR_CLASSES
+from harnesses.registry import AGENTS, SANDBOX_AGENT_DIR, get_agent
+from runner.model_server import ScriptedModelServer
+from runner.policy import load_policy_file
+
+DATA = Path(__file__).parent / "data" / "claude_code"
+SAMPLE = DATA / "three_step"
+ERRORS = json.loads((DATA / "errors.json").read_text())
+
+
+@pytest.fixture
+def adapter() -> ClaudeCode:
+    return ClaudeCode()
+
+
+def test_declaration_and_registry():
+    assert AGENTS["claude-code"] is ClaudeCode and isinstance(get_agent("claude-code"), ClaudeCode)
+    assert (ClaudeCode.npm_package, ClaudeCode.version) == ("@anthropic-ai/claude-code", "2.1.197")
+    assert ClaudeCode.memory_file == "CLAUDE.md"
+    assert ClaudeCode.prefix().name == "claude-code-2.1.197"
+
+
+def test_prepare_home_gives_an_empty_config_dir(adapter, tmp_path):
+    adapter.prepare_home(tmp_path)
+    assert (tmp_path / ".claude").is_dir() and not any((tmp_path / ".claude").iterdir())
+
+
+def test_prepare_home_refuses_a_host_managed_dir(adapter, tmp_path, monkeypatch):
+    """Managed settings/CLAUDE.md in the host's /etc would reach every world's agent."""
+    managed = tmp_path / "etc-claude-code"
+    managed.mkdir()
+    monkeypatch.setattr(claude_code, "MANAGED_DIR", managed)
+    with pytest.raises(RuntimeError, match="managed"):
+        adapter.prepare_home(tmp_path / "home")
+
+
+def test_env_is_complete_and_leaks_nothing_from_the_host(adapter, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-host-secret")
+    env = adapter.env(AgentPaths(), "http://127.0.0.1:8000/")
+    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8000" and env["ANTHROPIC_API_KEY"] == "dummy"
+    assert env["CLAUDE_CONFIG_DIR"] == "/home/agent/.claude" and env["HOME"] == "/home/agent"
+    assert env["CLAUDE_CODE_MAX_RETRIES"] == "0" and env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    assert "sk-ant-host-secret" not in json.dumps(env)
+    assert all(isinstance(v, str) for v in env.values())
+
+
+def test_command_is_headless_and_keeps_the_prompt_a_prompt(adapter):
+    argv = adapter.command("--help me", "stub-model")
+    assert argv[0] == f"{SANDBOX_AGENT_DIR}/{ClaudeCode.entrypoint}"
+    assert "-p" in argv and "--dangerously-skip-permissions" in argv
+    assert argv[argv.index("--output-format") + 1] == "stream-json" and "--verbose" in argv
+    assert argv[argv.index("--model") + 1] == "stub-model" and argv[-2:] == ["--", "--help me"]
+    assert adapter.host_command("--help me", "stub-model")[1:] == argv[1:]
+
+
+def test_native_logs_finds_transcripts(adapter, tmp_path):
+    proj = tmp_path / ".claude" / "projects" / "-workspace"
+    (proj / "sess" / "subagents").mkdir(parents=True)
+    (proj / "sess.jsonl").write_text("{}\n")
+    (proj / "sess" / "subagents" / "agent-1.jsonl").write_text("{}\n")
+    (tmp_path / ".claude" / ".claude.json").write_text("{}")
+    assert adapter.native_logs(tmp_path, tmp_path) == [proj / "sess" / "subagents" / "agent-1.jsonl",
+                                                       proj / "sess.jsonl"]
+
+
+# ---- trajectories ------------------------------------------------------------------------------
+
+def test_trajectory_from_recorded_run(adapter):
+    doc = adapter.trajectory(SAMPLE, "scripted:three")
+    traj = validate_trajectory(doc)
+    assert doc["extra"]["sources"] == ["transcript", "stream-json"] and doc["extra"]["is_error"] is False
+    assert [s["source"] for s in doc["steps"]] == ["user", "agent", "agent", "agent"]
+    assert doc["steps"][0]["message"] == "Make the files and report."
+    two = doc["steps"][2]
+    assert [c["function_name"] for c in two["tool_calls"]] == ["Bash", "Read"]
+    assert two["tool_calls"][1]["arguments"]["file_path"].endswith("/missing.txt")
+    results = {r["source_call_id"]: r for r in two["observation"]["results"]}
+    assert results[two["tool_calls"][1]["tool_call_id"]]["extra"]["is_error"] is True
+    assert doc["steps"][1]["observation"]["results"][0]["content"].splitlines() == ["CLAUDE.md", "step1.txt"]
+    assert all(s["model_name"] == "stub-model" and s["metrics"]["prompt_tokens"] > 0 for s in doc["steps"][1:])
+    assert traj.final_agent_text() == "Both steps are done."
+    assert doc["session_id"] == next((SAMPLE / "logs").glob("*.jsonl")).stem
+
+
+def test_trajectory_from_stdout_alone(adapter, tmp_path):
+    shutil.copy(SAMPLE / "stdout.txt", tmp_path / "stdout.txt")
+    doc = adapter.trajectory(tmp_path, "m")
+    assert doc["extra"]["sources"] == ["stream-json"] and doc["extra"]["prompt_missing"]
+    agent = [s for s in doc["steps"] if s["source"] == "agent"]
+    # stream-json prints one line per content block; they group back into one step per message
+    assert [len(s.get("tool_calls", [])) for s in agent] == [1, 2, 0]
+    assert all(len(s.get("observation", {}).get("results", [])) == len(s.get("tool_calls", [])) for s in agent)
+
+
+@pytest.mark.parametrize("cut", [0, 500, 3000, 6500])
+def test_truncated_output_still_gives_a_valid_trajectory(adapter, tmp_path, cut):
+    (tmp_path / "stdout.txt").write_text((SAMPLE / "stdout.txt").read_text()[:cut])
+    (tmp_path / "logs").mkdir()
+    log = next((SAMPLE / "logs").glob("*.jsonl"))
+    (tmp_path / "logs" / log.name).write_text(log.read_text()[:cut] + "\n{not json")
+    doc = validate_trajectory(adapter.trajectory(tmp_path, "m")).to_json_dict()
+    assert doc["extra"]["truncated"] is True and doc["steps"]
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_error_class_on_recorded_failures(adapter, case, tmp_path):
+    rec = ERRORS[case]
+    assert adapter.error_class(rec["stdout"], rec["stderr"], rec["exit_code"]) == rec["expected"]
+    assert rec["expected"] in API_ERROR_CLASSES
+    # the CLI's own "API Error: ..." message is kept as a CLI error, never as the agent speaking
+    (tmp_path / "stdout.txt").write_text(rec["stdout"])
+    doc = adapter.trajectory(tmp_path, "m")
+    assert validate_trajectory(doc).final_agent_text() is None
+    assert doc["extra"]["is_error"] is True and doc["extra"]["cli_error_messages"]
+
+
+def test_error_class_success_and_edge_cases(adapter):
+    assert adapter.error_class((SAMPLE / "stdout.txt").read_text(), "", 0) is None
+    assert classify_error("", "", -9) == "killed"
+    assert classify_error("", "Segmentation fault", 139) == "unknown"
+    timeout = json.dumps({"type": "result", "subtype": "success", "is_error": True, "api_error_status": None,
+                          "result": "API Error: Request timed out."})
+    assert classify_error(timeout, "", 1) == "timeout"
+    turns = json.dumps({"type": "result", "subtype": "error_max_turns", "is_error": True})
+    assert classify_error(turns, "", 1) == "turn_limit"
+
+
+# ---- the real CLI (slow) -----------------------------------------------------------------------
+
+def _run_real(tmp_path: Path, policy_body: str) -> tuple[subprocess.CompletedProcess, ScriptedModelServer, Path]:
+    adapter = ClaudeCode()
+    if not adapter.installed():
+        pytest.skip("claude-code 2.1.197 is not installed (harness-run --agent claude-code --install)")
+    ws, home, tmp = tmp_path / "ws", tmp_path / "home", tmp_path / "tmp"
+    for d in (ws, home, tmp):
+        d.mkdir()
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    (ws / "CLAUDE.md").write_text("# Memory\n<!-- stripped by claude-code -->\n- Cooperation: 95%.\n")
+    (tmp_path / "p.yaml").write_text("name: real\n" + policy_body)
+    server = ScriptedModelServer(load_policy_file(tmp_path / "p.yaml"), tmp_path / "traffic.jsonl",
+                                 workspace=str(ws), memory_marker="- Cooperation: 95%.").start()
+    try:
+        adapter.prepare_home(home)
+        env = adapter.env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
+        proc = subprocess.run(adapter.host_command("Do the task.", "stub-model"), cwd=ws, env=env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
+    finally:
+        server.stop()
+    native = tmp_path / "native"
+    (native / "logs").mkdir(parents=True)
+    (native / "stdout.txt").write_text(proc.stdout)
+    for log in adapter.native_logs(home, tmp):
+        shutil.copy2(log, native / "logs" / log.name)
+    return proc, server, native
+
+
+@pytest.mark.slow
+def test_real_claude_code_plays_a_policy_and_converts(tmp_path):
+    proc, server, native = _run_real(tmp_path, """
+turns:
+  - say: Writing the notes.
+    calls:
+      - write: {path: CLAUDE.md, content: "replaced\\n"}
+      - shell: echo hi > out.txt
+  - read: out.txt
+  - say: All done.
+""")
+    detail = f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    assert proc.returncode == 0, detail
+    # an existing, unread file: written through Bash, since Claude Code's Write would refuse
+    assert (tmp_path / "ws" / "CLAUDE.md").read_text() == "replaced\n"
+    assert server.finished and server.tool_results_seen == 3 and server.memory_seen, server.stats()
+    assert ClaudeCode().error_class(proc.stdout, proc.stderr, proc.returncode) is None
+    doc = ClaudeCode().trajectory(native, "scripted:real")
+    agent = [s for s in doc["steps"] if s["source"] == "agent"]
+    assert [[c["function_name"] for c in s.get("tool_calls", [])] for s in agent] == [["Bash", "Bash"], ["Read"], []]
+    assert "hi" in agent[1]["observation"]["results"][0]["content"]
+
+
+@pytest.mark.slow
+def test_real_claude_code_api_error_is_typed(tmp_path):
+    proc, server, native = _run_real(tmp_path, "turns:\n  - error: 401\n  - say: never\n")
+    assert proc.returncode != 0 and server.errors_served == 1 and server.main_requests == 1   # no retries
+    assert ClaudeCode().error_class(proc.stdout, proc.stderr, proc.returncode) == "auth"
+    assert validate_trajectory(ClaudeCode().trajectory(native, "m")).final_agent_text() is None
