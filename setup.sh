@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time setup on Debian/Ubuntu (run as root): system packages, a Python venv with the project,
-# the pinned Node runtime (PyPI) and the pinned agent CLI (npm), then the preflight check.
+# the pinned Node runtime (PyPI) and every pinned agent CLI (npm), then the preflight check.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,5 +28,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
-.venv/bin/harness-run --agent gemini-cli --install
+# Every registered agent CLI at its pinned version (npm registry; a no-op once installed).
+for agent in $(.venv/bin/harness-run --list-agents | cut -f1); do
+  .venv/bin/harness-run --agent "$agent" --install
+done
 .venv/bin/harness-run --agent gemini-cli --check

@@ -87,7 +87,7 @@ def bare_episode(agent_name: str, work: Path) -> dict:
             agent.prepare_home(home, endpoint=server.url)
         else:
             agent.prepare_home(home)
-        env = agent.env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
+        env = agent.host_env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
         peak, done = [0], threading.Event()
         t0 = time.time()
         proc = subprocess.Popen(agent.host_command("Do the task.", "stub-model"), cwd=ws, env=env,

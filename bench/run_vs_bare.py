@@ -3,8 +3,9 @@
 Runs N offline trials of gemini-cli on scripted:population through `harness-run`, then the same N
 episodes (the same policy per index: population drawn from the same seed) as a bare loop: the
 CLI launched on the host against a ScriptedModelServer in a temp workspace, no world, no
-sandbox, no recorder, at the same concurrency. Its SSH calls fail at once (ProxyCommand
-/bin/false), so the bare loop is a lower bound on the CLI's own time.
+sandbox, no recorder, at the same concurrency. There are no servers: `ssh`, `scp`, `sftp` and
+`rsync` are stand-ins on PATH that fail at once, so the bare loop is a lower bound on the CLI's
+own time.
 
     python bench/run_vs_bare.py [--trials 200] [--concurrency 2] [--seed 0]
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -79,6 +81,12 @@ def run_bare(base: Path, trials: int, concurrency: int, seed: int) -> tuple[floa
     template = build_world(base / "template", "bench", Condition(scenario, "good", "memory", "peer", agent.family),
                            agent, 8192, canary_seed="bench-template")
     ws_template, home_template = template.dir / "agent" / "workspace", template.dir / "agent" / "home"
+    no_servers = base / "no-servers"
+    no_servers.mkdir()
+    for tool in ("ssh", "scp", "sftp", "rsync"):
+        (no_servers / tool).write_text(f"#!/bin/sh\necho '{tool}: connect to host: Network is unreachable' >&2\n"
+                                       "exit 255\n")
+        (no_servers / tool).chmod(0o755)
 
     def episode(index: int) -> dict:
         policy = spec.draw(seed, index) if isinstance(spec, Mixture) else spec
@@ -87,18 +95,26 @@ def run_bare(base: Path, trials: int, concurrency: int, seed: int) -> tuple[floa
         shutil.copytree(ws_template, ws, symlinks=True)
         shutil.copytree(home_template, home, symlinks=True)
         tmp.mkdir()
-        (home / ".ssh").mkdir(exist_ok=True)
-        (home / ".ssh" / "config").write_text("Host *\n  ProxyCommand /bin/false\n")
         t0 = time.time()
         server = ScriptedModelServer(policy, ep / "model_traffic.jsonl", workspace=str(ws),
                                      memory_marker=template.memory_marker).start()
         try:
             env = agent.env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
-            proc = subprocess.run(agent.host_command(template.prompt, "stub-model"), cwd=ws, env=env,
-                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
+            env["PATH"] = f"{no_servers}:{env['PATH']}"
+            proc = subprocess.Popen(agent.host_command(template.prompt, "stub-model"), cwd=ws, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+            try:
+                code = proc.wait(timeout=600)
+            finally:   # the CLI's shells and their children end with the episode
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
         finally:
             server.stop()
-        return {"index": index, "policy": policy.name, "seconds": time.time() - t0, "exit": proc.returncode,
+        return {"index": index, "policy": policy.name, "seconds": time.time() - t0, "exit": code,
                 "finished": server.finished and server.turns_played == server.turns_total}
 
     t0 = time.time()

@@ -53,12 +53,22 @@ def main(agents, model, rounds):
         for r in range(rounds):
             for name, off in CONFIGS.items():
                 res = one_trial(agent, model, off, base / f"{agent}-{name}-{r}")
-                rows.append({"agent": agent, "config": name, "round": r, **res})
+                rows.append({**res, "cli": agent, "config": name, "round": r})
                 print(f"{agent} round {r} {name:<24} total {res['total']:.2f} s agent {res.get('agent', 0):.2f} s "
                       f"collect {res.get('collect', 0):.2f} s valid {res['valid']}", flush=True)
+    figures = aggregate(rows, model, rounds)
+    print(json.dumps(figures, indent=2))
+    out = ROOT / "bench" / "results" / "watchers_overhead.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"written to {out}")
+
+
+def aggregate(rows: list[dict], model: str, rounds: int) -> dict:
+    """Medians per CLI and configuration; every trial's figures are kept under `trials`."""
     df = pd.DataFrame(rows)
-    figures: dict = {"model": model, "rounds": rounds, "measured_at": time.time(), "agents": {}}
-    for agent, part in df.groupby("agent"):
+    figures: dict = {"model": model, "rounds": rounds, "measured_at": time.time(), "agents": {}, "trials": rows}
+    for agent, part in df.groupby("cli"):
         med = part.groupby("config")[["total", "agent", "collect"]].median()
         all_on, all_off = med.loc["all_on", "total"], med.loc["all_off", "total"]
         figures["agents"][agent] = {
@@ -72,11 +82,7 @@ def main(agents, model, rounds):
                                          for w in WATCHERS},
             "target_pct": 10,
         }
-    print(json.dumps(figures, indent=2))
-    out = ROOT / "bench" / "results" / "watchers_overhead.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"written to {out}")
+    return figures
 
 
 if __name__ == "__main__":

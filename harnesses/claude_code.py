@@ -4,6 +4,7 @@ binary in its platform package; the adapter runs it directly (its postinstall, w
 links the binary, need not run)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -57,10 +58,16 @@ class ClaudeCode(AgentAdapter):
             "DISABLE_ERROR_REPORTING": "1",
             # One attempt per request (default 10 with backoff): an API failure ends the run.
             "CLAUDE_CODE_MAX_RETRIES": "0",
-            # --dangerously-skip-permissions refuses to run as root unless told it is sandboxed
-            # (the agent is uid 61000 in a world; host-side tests run as root). It is sandboxed.
-            "IS_SANDBOX": "1",
         }
+
+    def host_env(self, paths: AgentPaths, endpoint: str) -> dict[str, str]:
+        """env() for a run outside the sandbox (tests, benches). As root, the CLI refuses
+        --dangerously-skip-permissions unless IS_SANDBOX=1; in a world the agent is not root,
+        and IS_SANDBOX also changes other behaviour (e.g. on HTTP 529), so only here."""
+        env = self.env(paths, endpoint)
+        if os.geteuid() == 0:
+            env["IS_SANDBOX"] = "1"
+        return env
 
     def _argv(self, binary: str, prompt: str, model: str) -> list[str]:
         return [binary, "-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions",

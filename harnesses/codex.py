@@ -83,6 +83,10 @@ class Codex(AgentAdapter):
             API_KEY_ENV: "dummy",
         }
 
+    def host_env(self, paths: AgentPaths, endpoint: str) -> dict[str, str]:
+        """env() for a run outside the sandbox (tests, benches): the same."""
+        return self.env(paths, endpoint)
+
     def _argv(self, binary: str, prompt: str, model: str) -> list[str]:
         # `--` keeps a prompt that starts with "-" (or names a subcommand) a prompt.
         return [binary, "exec", "--json", "--color", "never", "-m", model, "--", prompt]

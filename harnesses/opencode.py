@@ -146,13 +146,14 @@ class OpenCode(AgentAdapter):
     # --- after the run --------------------------------------------------------------------
     def native_logs(self, home: Path, tmp: Path) -> list[Path]:
         """The CLI's log ($XDG_DATA_HOME/opencode/log/*.log) and the session as `opencode export`
-        shapes it ({info, messages: [{info, parts}]}), written next to opencode.db from the
-        database (the database itself is 2.5 MB of schema per trial)."""
+        shapes it ({info, messages: [{info, parts}]}), read from opencode.db (the database itself
+        is 2.5 MB of schema per trial). The export is written beside HOME, not into it: HOME is
+        snapshotted after this, and the export is the harness's file, not the agent's."""
         data = Path(home) / ".local" / "share" / "opencode"
         found = sorted(p for p in (data / "log").glob("*.log") if p.is_file()) if (data / "log").is_dir() else []
         db = data / "opencode.db"
         if db.is_file():
-            export = data / SESSION_EXPORT
+            export = Path(home).parent / SESSION_EXPORT
             export.write_text(json.dumps(export_sessions(db), ensure_ascii=False, indent=1))
             found.append(export)
         return found
@@ -304,13 +305,10 @@ def _export_items(session: dict) -> list[dict]:
             text = "".join(str(p.get("text") or "") for p in parts if p.get("type") == "text" and not p.get("synthetic"))
             items.append({"kind": "user", "timestamp": ts, "text": text})
             continue
+        # (info.modelID is the config's alias for the model, not the id sent on the wire)
         turn = None
         for part in parts:
             turn = _add_part(items, turn, part, _iso((part.get("time") or {}).get("start")) or ts)
-        if turn is not None and info.get("modelID"):
-            for item in items:
-                if item["kind"] == "agent" and not item.get("model_name"):
-                    item["model_name"] = str(info["modelID"])
     return items
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from click.core import ParameterSource
 from rich.console import Console
 
 from analysis.analyze import write_verdicts
+from analysis.index import build_index
 from analysis.judge import Judge, JudgeError
 from harnesses.base import AgentNotInstalled, node_bin_dir
 from harnesses.registry import AGENTS, get_agent
@@ -75,7 +77,16 @@ def preflight(agent_name: str, out_dir: Path) -> list[str]:
 AXIS_FLAGS = {"agent_name": "agents", "model": "models", "scenario": "scenarios", "relationship": "relationships",
               "channel": "channels", "subject": "subjects", "monitoring": "monitoring"}
 # What --resume may change; everything else comes from RUN_DIR/run.json.
-RESUME_FLAGS = {"resume_dir", "concurrency", "keep_world", "allow_version_mismatch"}
+RESUME_FLAGS = {"resume_dir", "concurrency", "keep_world", "allow_version_mismatch", "backend", "address"}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where trials run: worker threads on this machine, or Ray tasks on the cluster at `address`
+    (None: a single-node Ray cluster started for the run). runner.ray_backend is imported only
+    for Ray, so local runs do not pay for importing Ray."""
+    name: str = "local"
+    address: str | None = None
 
 
 def _explicit(ctx: click.Context) -> set[str]:
@@ -133,13 +144,16 @@ def _grid_cells(grid_path: Path | None, ctx: click.Context) -> tuple[GridFile, l
     return grid, cells, skipped
 
 
-def _prepare(res: Resources, run_dir: Path) -> None:
-    """Lint the policies, install missing agents, run the preflight; exits on any problem."""
+def _prepare(res: Resources, run_dir: Path, backend: Backend) -> None:
+    """Lint the policies, install missing agents, run the preflight; exits on any problem. With
+    Ray the nodes run the trials, so they are checked instead (runner.ray_backend)."""
     for (_model, _scenario), spec in res.specs.items():
         for pol in policies_of(spec):
             for agent_name in res.agents:
                 for warning in lint_policy(pol, agent_name):
                     console.print(f"[yellow]warning:[/] policy {pol.name}: {warning}")
+    if backend.name == "ray":
+        return
     problems: list[str] = []
     for agent_name, agent in res.agents.items():
         if not agent.installed():
@@ -162,26 +176,40 @@ def summary_meta(info: dict) -> dict:
 
 
 def _run(run_dir: Path, info: RunInfo, res: Resources, finished: set[str], keep_world: bool,
-         concurrency: int | None) -> None:
+         concurrency: int | None, backend: Backend) -> None:
     plan = plan_trials(info.cells)
     todo = [t for t in plan if t.trial_id not in finished]
     cells = {c.agent for c in info.cells}
     title = f"{', '.join(sorted(cells))} x {info.model or f'{len(info.cells)} cells'}"
+    finished_dirs = [run_dir / TRIALS / t for t in sorted(finished)]
     try:
-        wall = execute(run_dir, todo, lambda planned: trial_setup(planned, info, res, keep_world),
-                       concurrency or os.cpu_count() or 1, [run_dir / TRIALS / t for t in sorted(finished)],
-                       title, console)
+        if backend.name == "ray":
+            from runner import ray_backend
+
+            try:
+                ray_backend.connect(backend.address, concurrency)
+                wall = ray_backend.execute_ray(run_dir, todo, info, res, keep_world, concurrency, finished_dirs,
+                                               title, console)
+            except ray_backend.RayBackendError as exc:
+                fail(f"{exc}\nno further trial was run; finish the run with `harness-run --resume {run_dir}`")
+            finally:
+                ray_backend.ray.shutdown()
+        else:
+            wall = execute(run_dir, todo, lambda planned: trial_setup(planned, info, res, keep_world),
+                           concurrency or os.cpu_count() or 1, finished_dirs, title, console)
     except KeyboardInterrupt:
         done = len(finished_trials(run_dir))
         console.print(f"[red]interrupted[/]: running worlds were killed; {done} of {len(plan)} trials are "
                       f"finished in {run_dir}; finish the run with `harness-run --resume {run_dir}`")
         sys.exit(130)
     write_summary(run_dir, {**summary_meta(info.model_dump()), "wall_s": wall})
+    build_index(run_dir)     # RUN_DIR/index.sqlite + index.parquet (analysis.index.load_index reads them)
     console.print(f"run directory: {run_dir}  ({len(todo)} trials in {wall} s"
                   + (f"; {len(finished)} finished before" if finished else "") + ")")
 
 
-def _resume(run_dir: Path, allow_version_mismatch: bool, keep_world: bool, concurrency: int | None) -> None:
+def _resume(run_dir: Path, allow_version_mismatch: bool, keep_world: bool, concurrency: int | None,
+            backend: Backend) -> None:
     if not (run_dir / "run.json").is_file():
         fail(f"--resume {run_dir}: not a run directory (no run.json)")
     try:
@@ -196,7 +224,7 @@ def _resume(run_dir: Path, allow_version_mismatch: bool, keep_world: bool, concu
                 fail(f"{run_dir} was run with other versions than are installed now; resuming would mix them:\n  - "
                      + "\n  - ".join(differences) + "\nRestore those versions, or pass --allow-version-mismatch to "
                      "continue anyway (the differences are recorded in run.json).")
-            _prepare(res, run_dir)
+            _prepare(res, run_dir, backend)
             finished = finished_trials(run_dir)
             planned = {t.trial_id for t in plan_trials(info.cells)}
             if finished - planned:
@@ -217,12 +245,25 @@ def _resume(run_dir: Path, allow_version_mismatch: bool, keep_world: bool, concu
             info.resumes.append(ResumeInfo(at=time.time(), finished_before=len(finished), redone=cleanup.redone,
                                            version_mismatches=differences))
             write_json(run_dir / "run.json", info.model_dump())
-            _run(run_dir, info, res, finished, keep_world, concurrency)
+            _run(run_dir, info, res, finished, keep_world, concurrency, backend)
     except RunStoreError as exc:
         fail(str(exc))
 
 
+def _list_agents(ctx: click.Context, _param, value: bool) -> None:
+    """--list-agents: one tab-separated line per registered agent (name, pinned version, npm
+    package, installed or not) on stdout, then exit (setup.sh reads the first column)."""
+    if not value or ctx.resilient_parsing:
+        return
+    for name, cls in AGENTS.items():
+        state = "installed" if cls.installed() else "not installed"
+        click.echo(f"{name}\t{cls.version}\t{cls.npm_package}\t{state}")
+    ctx.exit()
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--list-agents", is_flag=True, expose_value=False, is_eager=True, callback=_list_agents,
+              help="List every agent with its pinned version and whether it is installed, and exit.")
 @click.option("--agent", "agent_name", default="gemini-cli", show_default=True, help="Agent CLI to run.")
 @click.option("--scenario", default="exfiltration-deletion", show_default=True)
 @click.option("--relationship", type=click.Choice(["good", "neutral", "bad", "none"]), default="good", show_default=True)
@@ -252,19 +293,27 @@ def _resume(run_dir: Path, allow_version_mismatch: bool, keep_world: bool, concu
               help="Run every cell of a grid file; condition flags given explicitly replace its axes.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Finish an interrupted run in RUN_DIR (its grid, seeds and versions come from run.json).")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run trials here (worker threads), or as Ray tasks on the nodes of a Ray cluster.")
+@click.option("--address", default=None,
+              help="With --backend ray: the cluster's GCS address HOST:PORT, or `auto` on one of its nodes "
+                   "(default: start a single-node Ray cluster on this machine for the run).")
 @click.option("--allow-version-mismatch", is_flag=True,
               help="With --resume: continue although versions differ from run.json (recorded there).")
 @click.pass_context
 def harness_run(ctx, agent_name, scenario, relationship, channel, subject, model, trials, out, seed, timeout_s,
                 keep_world, check, family, weights_bytes, concurrency, install, monitoring, grid_path, resume_dir,
-                allow_version_mismatch):
+                backend, address, allow_version_mismatch):
     """Run trials of a real agent CLI in recorded worlds and report behaviour rates."""
+    if address is not None and backend != "ray":
+        fail("--address only applies with --backend ray")
+    backend = Backend(backend, address)
     if resume_dir is not None:
         extra = sorted(_explicit(ctx) - RESUME_FLAGS)
         if extra:
             fail(f"--resume continues the run as recorded in {resume_dir}/run.json; drop "
                  + ", ".join(_flag(n) for n in extra))
-        _resume(resume_dir, allow_version_mismatch, keep_world, concurrency)
+        _resume(resume_dir, allow_version_mismatch, keep_world, concurrency, backend)
         return
     if allow_version_mismatch:
         fail("--allow-version-mismatch only applies with --resume RUN_DIR")
@@ -283,6 +332,14 @@ def harness_run(ctx, agent_name, scenario, relationship, channel, subject, model
     started = datetime.now(timezone.utc)
     label = agent_name if grid_path is None else grid_path.stem
     run_dir = out or PROJECT_ROOT / "runs" / f"{started:%Y%m%d-%H%M%S}-{label}"
+    if check and backend.name == "ray":
+        from runner import ray_backend
+
+        try:
+            ok = ray_backend.check_cluster(backend.address, [agent_name], console)
+        except ray_backend.RayBackendError as exc:
+            fail(str(exc))
+        sys.exit(0 if ok else 1)
     if check:
         problems = preflight(agent_name, run_dir)
         for p in problems:
@@ -304,7 +361,7 @@ def harness_run(ctx, agent_name, scenario, relationship, channel, subject, model
     infos = cell_infos(cells, res, grid.trials, family)
     for s in skipped:
         console.print(f"[yellow]skipped cell[/] {s.cell}: {s.reason}")
-    _prepare(res, run_dir)
+    _prepare(res, run_dir, backend)
 
     def shared(values: set):
         return next(iter(values)) if len(values) == 1 else None
@@ -326,7 +383,7 @@ def harness_run(ctx, agent_name, scenario, relationship, channel, subject, model
     create_run_dir(run_dir, info)
     try:
         with RunLock(run_dir):
-            _run(run_dir, info, res, set(), keep_world, concurrency)
+            _run(run_dir, info, res, set(), keep_world, concurrency, backend)
     except RunStoreError as exc:
         fail(str(exc))
 

@@ -50,6 +50,13 @@ class Tally:
         return f"valid {self.valid} invalid {self.invalid}" + (f" | {rates}" if rates else "")
 
 
+def trial_progress(console: Console) -> Progress:
+    """The live display of a run (one task: trials done of all, the tally in `stats`)."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), console=console)
+
+
 def _interrupt(_signum, _frame):
     raise KeyboardInterrupt
 
@@ -71,9 +78,7 @@ def execute(run_dir: Path, todo: list[PlannedTrial], setup_for: Callable[[Planne
         return promote(run_dir, planned.trial_id)
 
     t0 = time.time()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
-                  TimeRemainingColumn(), console=console) as progress:
+    with trial_progress(console) as progress:
         task = progress.add_task(title, total=len(finished) + len(todo), completed=len(finished),
                                  stats=tally.text())
         # Each worker thread owns its trial's world until it returns (PDEATHSIG is per thread).

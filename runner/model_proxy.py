@@ -32,18 +32,10 @@ from typing import Any, Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from harnesses.native_output import class_for_message, class_for_status
-# The scripted server's HTTP plumbing and readers of what a request declares are reused as is.
+# The scripted server's HTTP plumbing, error bodies and readers of structured-output requests.
 from runner.model_server import (
     ScriptedModelServer,
     _anthropic_wants_json,
-    _count_tool_results_anthropic,
-    _count_tool_results_gemini,
-    _count_tool_results_openai,
-    _count_tool_results_responses,
-    _declared_tools_anthropic,
-    _declared_tools_gemini,
-    _declared_tools_openai,
-    _declared_tools_responses,
     _estimate_tokens,
     _gemini_wants_json,
     _Handler,
@@ -68,16 +60,31 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "
               "host", "content-length", "accept-encoding", "content-encoding"}
 REDACTED = "[redacted]"
 
-_DECLARED = {GEMINI: _declared_tools_gemini, CHAT: _declared_tools_openai, RESPONSES: _declared_tools_responses,
-             ANTHROPIC: _declared_tools_anthropic}
-_RESULTS = {GEMINI: _count_tool_results_gemini, CHAT: _count_tool_results_openai,
-            RESPONSES: _count_tool_results_responses, ANTHROPIC: _count_tool_results_anthropic}
-
-
-def _wants_json(protocol: str, request: dict) -> bool:
-    reader = {GEMINI: _gemini_wants_json, CHAT: _openai_wants_json, RESPONSES: _responses_wants_json,
-              ANTHROPIC: _anthropic_wants_json}[protocol]
-    return reader(request) is not None
+def _conversation(protocol: str, request: dict) -> tuple[bool, int]:
+    """(declares tools, tool results carried) of an agent's request. A request declaring tools
+    is a *main* request of the agent loop; others are side calls (titles, summaries)."""
+    if protocol == GEMINI:
+        tools = any((t.get("functionDeclarations") or t.get("function_declarations"))
+                    for t in request.get("tools") or [] if isinstance(t, dict))
+        results = sum(1 for c in request.get("contents") or [] if isinstance(c, dict)
+                      for p in c.get("parts") or [] if isinstance(p, dict)
+                      and ("functionResponse" in p or "function_response" in p))
+    elif protocol == ANTHROPIC:
+        tools = bool(request.get("tools"))
+        results = sum(1 for m in request.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"
+                      and isinstance(m.get("content"), list)
+                      for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_result")
+    elif protocol == RESPONSES:
+        tools = bool(request.get("tools"))
+        items = request.get("input") if isinstance(request.get("input"), list) else []
+        results = sum(1 for i in items if isinstance(i, dict) and str(i.get("type", "")).endswith("_call_output"))
+    else:
+        tools = bool(request.get("tools"))
+        results = sum(1 for m in request.get("messages") or [] if isinstance(m, dict)
+                      and m.get("role") in ("tool", "function"))
+    wants_json = {GEMINI: _gemini_wants_json, CHAT: _openai_wants_json, RESPONSES: _responses_wants_json,
+                  ANTHROPIC: _anthropic_wants_json}[protocol](request) is not None
+    return tools and not wants_json, results
 
 
 def _is_model_call(protocol: str, path: str) -> bool:
@@ -108,17 +115,14 @@ def parse_sse(text: str) -> list[Any]:
     events: list[Any] = []
     for block in text.replace("\r\n", "\n").split("\n\n"):
         data = "\n".join(line[5:].removeprefix(" ") for line in block.split("\n") if line.startswith("data:"))
-        if not data:
-            continue
-        try:
-            events.append(json.loads(data))
-        except ValueError:
-            events.append(data)
+        if data:
+            events.append(_payload(data))
     return events
 
 
-def _sse_payloads(resp: http.client.HTTPResponse) -> Iterator[tuple[str, Any]]:
-    """(raw data, parsed payload) per SSE event of a streaming response, as they arrive."""
+def _sse_payloads(resp: http.client.HTTPResponse) -> Iterator[Any]:
+    """The payload of each SSE event of a streaming response as it arrives (JSON parsed when
+    it is JSON)."""
     data_lines: list[str] = []
     while True:
         line = resp.readline()
@@ -128,18 +132,17 @@ def _sse_payloads(resp: http.client.HTTPResponse) -> Iterator[tuple[str, Any]]:
         if text.startswith("data:"):
             data_lines.append(text[5:].removeprefix(" "))
         elif not text and data_lines:
-            data = "\n".join(data_lines)
+            yield _payload("\n".join(data_lines))
             data_lines = []
-            try:
-                yield data, json.loads(data)
-            except ValueError:
-                yield data, data
     if data_lines:
-        data = "\n".join(data_lines)
-        try:
-            yield data, json.loads(data)
-        except ValueError:
-            yield data, data
+        yield _payload("\n".join(data_lines))
+
+
+def _payload(data: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data
 
 
 def error_class(status: int, text: str) -> str:
@@ -318,9 +321,8 @@ class ModelProxy:
                 request = json.loads(raw)
             except ValueError:
                 request = raw.decode("utf-8", "replace")
-        if isinstance(request, dict) and protocol in _DECLARED:
-            ex.main = bool(_DECLARED[protocol](request)) and not _wants_json(protocol, request)
-            ex.tool_results = _RESULTS[protocol](request)
+        if isinstance(request, dict):
+            ex.main, ex.tool_results = _conversation(protocol, request)
         response: dict[str, Any] = {}
         try:
             response = self._forward(handler, method, split, raw, request, ex)
@@ -401,7 +403,7 @@ class ModelProxy:
                 conn.sock.settimeout(READ_TIMEOUT_S)
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
-                timed_out = isinstance(exc, TimeoutError | socket.timeout)
+                timed_out = isinstance(exc, TimeoutError)
                 ex.upstream["error"] = f"{type(exc).__name__}: {exc}"
                 return self._fail(handler, ex, 504 if timed_out else 502,
                                   f"model source {url} {'timed out' if timed_out else 'unreachable'}: {exc}",
@@ -412,7 +414,7 @@ class ModelProxy:
                 return self._relay(handler, resp, ex)
             except (OSError, http.client.HTTPException) as exc:
                 # The upstream broke off mid-answer (or the agent went away): typed, recorded.
-                timed_out = isinstance(exc, TimeoutError | socket.timeout)
+                timed_out = isinstance(exc, TimeoutError)
                 ex.upstream["error"] = f"{type(exc).__name__}: {exc}"
                 ex.status = ex.status or 502
                 ex.error_class = ex.error_class or ("timeout" if timed_out else "api_error")
@@ -553,7 +555,7 @@ class ModelProxy:
         agent_events: list[Any] = []
         if sse:
             self._start_chunked(handler, 200, [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
-        for _data, payload in _sse_payloads(resp):
+        for payload in _sse_payloads(resp):
             upstream_events.append(payload)
             if payload == "[DONE]":
                 break
@@ -568,6 +570,15 @@ class ModelProxy:
                 events = translation.feed(payload)
                 agent_events += events
                 self._write_events(handler, translation, events, sse)
+        if upstream_events and upstream_events[-1] == "[DONE]":
+            resp.read()    # the stream's end: closing on unread bytes would reset the connection
+        elif ex.error_class is None and translation.answer.finish_reason is None:
+            # Cut off mid-answer: the agent must not take a partial answer for a whole one.
+            ex.status, ex.error_class = 502, "api_error"
+            ex.error_message = "the model source's stream ended before the answer was finished"
+            events = translation.stream_error(ex.error_message)
+            agent_events += events
+            self._write_events(handler, translation, events, sse)
         ex.upstream["response"] = {"status": resp.status, "events": upstream_events}
         if ex.error_class is None:
             events = translation.finish()

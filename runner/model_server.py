@@ -61,6 +61,11 @@ SHELL_TOOL_NAMES = ("run_shell_command", "bash", "shell", "Bash", "exec_command"
 READ_TOOL_NAMES = ("read_file", "read", "Read")
 WRITE_TOOL_NAMES = ("write_file", "write", "Write")
 _PATH_PARAMS = ("file_path", "filePath", "absolute_path", "path")
+# Write tools that refuse to overwrite an existing file the session has not read, by (protocol,
+# name): qwen-code 0.15.10's write_file (verified; its description does not say so), while
+# gemini-cli's write_file (Gemini API) and opencode's write overwrite freely. The server cannot
+# know whether a path exists in the world, so writes through these tools go through the shell.
+_WRITE_NEEDS_PRIOR_READ = {("openai-chat", "write_file")}
 _COMMAND_PARAMS = ("command", "cmd")
 # Codex's exec_command returns after yield_time_ms with the command still running (the model
 # must then poll it); ask for the longest wait it allows (30 s) so a call returns its result.
@@ -778,7 +783,7 @@ class ScriptedModelServer:
         return text
 
     # ---- abstract call -> concrete tool call ----------------------------------------------
-    def _concrete(self, call: Call, tools: dict[str, dict]) -> tuple[str, dict[str, Any]]:
+    def _concrete(self, call: Call, tools: dict[str, dict], protocol: str = "") -> tuple[str, dict[str, Any]]:
         shell = _first(SHELL_TOOL_NAMES, tools)
         if call.read is not None:
             inside = resolve_workspace_path(call.read, self.workspace)
@@ -791,7 +796,7 @@ class ScriptedModelServer:
         if call.write is not None:
             inside = resolve_workspace_path(call.write.path, self.workspace)
             tool = _first(WRITE_TOOL_NAMES, tools)
-            if inside is not None and tool is not None:
+            if inside is not None and tool is not None and (protocol, tool) not in _WRITE_NEEDS_PRIOR_READ:
                 declared = _params(tools[tool])
                 param = _first(_PATH_PARAMS, declared) or "file_path"
                 return tool, _fill_required({param: inside, "content": call.write.content}, tools[tool])
@@ -896,7 +901,7 @@ class ScriptedModelServer:
         calls = []
         if not after_end:
             for call in turn.tool_calls:
-                name, args = self._concrete(call, tools)
+                name, args = self._concrete(call, tools, "openai-chat")
                 calls.append({"id": f"call_{next(self._call_ids)}", "type": "function",
                               "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}})
         reply = self._openai_reply(turn.say, calls, model, prompt_tokens, stream=stream,

@@ -529,8 +529,10 @@ def forbidden_shell_constructs(command: str) -> list[str]:
     return found
 
 
-# Agents whose shell tool refuses substitutions (verified for gemini-cli 0.61.0). Qwen Code is
-# a gemini-cli fork and may carry a similar check; that was not verified, so it is not linted.
+# Agents whose shell tool refuses substitutions (verified for gemini-cli 0.61.0). Qwen Code
+# 0.15.10 carries the same check but applies it only to approval, so in --yolo mode it runs
+# $(...), backticks and <(...) (verified, as are rm -rf, rm -f, background jobs and sudo); so
+# does OpenCode 1.18.33 with "permission": {"*": "allow"}. Neither is linted.
 _SUBSTITUTION_BLOCKERS = {"gemini-cli", "gemini"}
 
 

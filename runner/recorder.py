@@ -30,10 +30,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def snapshot(manifest: Manifest) -> Snapshot:
-    """Every regular file in every location, with hash, mtime, mode and the weight blocks it holds."""
+def snapshot(manifest: Manifest, known: Snapshot | None = None) -> Snapshot:
+    """Every regular file in every location, with hash, mtime, mode and the weight blocks it holds.
+    The blocks of a file whose sha256 is in `known` (the before-snapshot) are taken from there:
+    the scan is a function of the content, and most files are unchanged."""
     files: list[FileState] = []
     canary = manifest.weights.canary if manifest.weights else None
+    known_blocks = {f.sha256: f.canary_blocks for f in known.files} if known else {}
     for loc in manifest.locations:
         root = Path(loc.host_path)
         for dirpath, _dirs, names in os.walk(root):
@@ -46,10 +49,14 @@ def snapshot(manifest: Manifest) -> Snapshot:
                 if not stat.S_ISREG(st.st_mode):
                     continue
                 rel = full.relative_to(root).as_posix()
+                digest = _sha256(full)
+                if digest in known_blocks:
+                    blocks = known_blocks[digest]
+                else:
+                    blocks = to_ranges(scan_file(full, canary)) if canary and st.st_size else []
                 files.append(FileState(
-                    host=loc.host, path=f"{loc.path.rstrip('/')}/{rel}", size=st.st_size, sha256=_sha256(full),
-                    mtime=st.st_mtime, mode=stat.S_IMODE(st.st_mode),
-                    canary_blocks=to_ranges(scan_file(full, canary)) if canary and st.st_size else []))
+                    host=loc.host, path=f"{loc.path.rstrip('/')}/{rel}", size=st.st_size, sha256=digest,
+                    mtime=st.st_mtime, mode=stat.S_IMODE(st.st_mode), canary_blocks=blocks))
     return Snapshot(taken_at=time.time(), files=files)
 
 

@@ -62,40 +62,39 @@ def decode_c_string(token: str) -> str:
     return out.decode("utf-8", "replace")
 
 
+_TOP_SPECIAL = re.compile(r'["\[\]{}(),]')
+_STRING_SPECIAL = re.compile(r'["\\]')
+
+
 def split_top(text: str) -> tuple[list[str], str]:
     """Split `a, "b,c", [d, e], {f=g})` at top-level commas up to the closing paren.
-    Returns the arguments and what follows the closing paren."""
-    args, depth, cur, i, in_str = [], 0, [], 0, False
-    while i < len(text):
+    Returns the arguments and what follows the closing paren. Jumps from one delimiter to the
+    next (strace lines of long argv/strings made a char-by-char loop a hot spot)."""
+    args: list[str] = []
+    depth, start, i, n = 0, 0, 0, len(text)
+    while (m := _TOP_SPECIAL.search(text, i)) is not None:
+        i = m.start()
         ch = text[i]
-        if in_str:
-            cur.append(ch)
-            if ch == "\\":
-                cur.append(text[i + 1] if i + 1 < len(text) else "")
-                i += 1
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-            cur.append(ch)
-        elif ch in "[{(":
+        if ch == '"':                     # skip the string, escapes included
+            j = i + 1
+            while (s := _STRING_SPECIAL.search(text, j)) is not None and s.group() == "\\":
+                j = s.start() + 2
+            i = s.end() if s is not None else n
+            continue
+        if ch in "[{(":
             depth += 1
-            cur.append(ch)
         elif ch in "]})":
             if depth == 0 and ch == ")":
-                if cur or args:
-                    args.append("".join(cur).strip())
+                if i > start or args:
+                    args.append(text[start:i].strip())
                 return args, text[i + 1:]
             depth -= 1
-            cur.append(ch)
-        elif ch == "," and depth == 0:
-            args.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(ch)
+        elif depth == 0:                  # a top-level comma
+            args.append(text[start:i].strip())
+            start = i + 1
         i += 1
-    if cur:
-        args.append("".join(cur).strip())
+    if start < n:
+        args.append(text[start:].strip())
     return args, ""
 
 

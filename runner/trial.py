@@ -162,7 +162,7 @@ def run_trial(trial_dir: Path, setup: TrialSetup) -> TrialResult:
         home, tmp = world.dir / "agent" / "home", world.dir / "agent" / "tmp"
         for log in agent.native_logs(home, tmp):
             _copy_if_exists(log, native / "logs" / log.name)
-        after = snapshot(world.manifest)
+        after = snapshot(world.manifest, known=before)
         write_json(trial_dir / "snapshots" / "after.json", after.model_dump())
         collect_artifacts(world.manifest, trial_dir / "artifacts")
         stdout = (native / "stdout.txt").read_text(errors="replace") if (native / "stdout.txt").exists() else ""

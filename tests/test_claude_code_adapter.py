@@ -61,6 +61,15 @@ def test_env_is_complete_and_leaks_nothing_from_the_host(adapter, monkeypatch):
     assert all(isinstance(v, str) for v in env.values())
 
 
+def test_is_sandbox_only_outside_the_world(adapter, monkeypatch):
+    """In a world the agent is uid 61000; IS_SANDBOX (needed as root) changes CLI behaviour."""
+    assert "IS_SANDBOX" not in adapter.env(AgentPaths(), "http://127.0.0.1:8000")
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    assert adapter.host_env(AgentPaths(), "http://127.0.0.1:8000")["IS_SANDBOX"] == "1"
+    monkeypatch.setattr("os.geteuid", lambda: 61000)
+    assert "IS_SANDBOX" not in adapter.host_env(AgentPaths(), "http://127.0.0.1:8000")
+
+
 def test_command_is_headless_and_keeps_the_prompt_a_prompt(adapter):
     argv = adapter.command("--help me", "stub-model")
     assert argv[0] == f"{SANDBOX_AGENT_DIR}/{ClaudeCode.entrypoint}"
@@ -158,7 +167,7 @@ def _run_real(tmp_path: Path, policy_body: str) -> tuple[subprocess.CompletedPro
                                  workspace=str(ws), memory_marker="- Cooperation: 95%.").start()
     try:
         adapter.prepare_home(home)
-        env = adapter.env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
+        env = adapter.host_env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
         proc = subprocess.run(adapter.host_command("Do the task.", "stub-model"), cwd=ws, env=env,
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
     finally:

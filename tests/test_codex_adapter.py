@@ -165,7 +165,7 @@ def _run_real(tmp_path: Path, policy_body: str) -> tuple[subprocess.CompletedPro
                                  workspace=str(ws), memory_marker="- Cooperation: 95%.").start()
     try:
         adapter.prepare_home(home, endpoint=server.url)
-        env = adapter.env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
+        env = adapter.host_env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
         argv = adapter.host_command("Do the task.", "stub-model")
         argv.insert(2, "--strict-config")     # every pinned config key is known to this version
         proc = subprocess.run(argv, cwd=ws, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,

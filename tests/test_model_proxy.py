@@ -166,6 +166,47 @@ def test_chat_passthrough_records_what_the_server_saw(upstream, proxies):
     assert proxy.memory_seen and proxy.main_requests == 2 and proxy.last_main_error is None
 
 
+@pytest.mark.parametrize("provider,protocol,path,build", [
+    ("gemini", GEMINI, "/v1beta/models/gemini-x:streamGenerateContent?alt=sse", gemini_request),
+    ("openai", RESPONSES, "/v1/responses", responses_request),
+    ("anthropic", ANTHROPIC, "/v1/messages?beta=true", anthropic_request),
+])
+def test_native_passthrough_streams_and_records(upstream, proxies, monkeypatch, provider, protocol, path, build):
+    """A source that speaks the agent's protocol gets the agent's request unchanged (here the
+    scripted server stands in for the provider through the base-URL override)."""
+    server = upstream()
+    monkeypatch.setenv(f"{provider.upper()}_API_KEY", "k")
+    monkeypatch.setenv(f"PEER_HARNESS_BASE_URL_{provider.upper()}", f"http://127.0.0.1:{server.port}")
+    proxy = proxies(f"{provider}:m", protocol)
+    status, ctype, events = call(proxy, "POST", path, build(0))
+    assert status == 200 and ctype.startswith("text/event-stream") and len(events) >= 2
+    proxy.stop()
+    server.stop()
+    [mine], [theirs] = records(proxy.traffic_path), records(server.traffic_path)
+    assert mine["upstream"] == {"url": f"http://127.0.0.1:{server.port}{path}", "protocol": protocol,
+                                "translated": False}
+    assert (mine["request"], mine["response"]) == (theirs["request"], theirs["response"])
+    assert [data for _, data in events] == theirs["response"]["events"]     # the agent got the bytes the server sent
+    assert mine["main"] and mine["turn"] is None and theirs["turn"] == 0
+
+
+def test_every_agent_reaches_every_source():
+    """The supported agent x source pairs: every registered agent reaches every kind of source,
+    natively where the source speaks its protocol, else translated to chat completions."""
+    from harnesses.registry import AGENTS  # noqa: PLC0415
+
+    native = {"gemini": {GEMINI, CHAT}, "openai": {CHAT, RESPONSES}, "anthropic": {ANTHROPIC, CHAT},
+              "openrouter": {CHAT}, "openai-compatible": {CHAT}}
+    specs = {"gemini": "gemini:m", "openai": "openai:m", "anthropic": "anthropic:m", "openrouter": "openrouter:m",
+             "openai-compatible": "openai-compatible:http://127.0.0.1:1/v1#m"}
+    for provider, spec in specs.items():
+        source = parse_model_spec(spec)
+        for name, adapter in AGENTS.items():
+            route = source.route(adapter.wire_protocol)
+            assert route.translated == (adapter.wire_protocol not in native[provider]), (name, provider)
+            assert route.upstream_protocol == (adapter.wire_protocol if not route.translated else CHAT)
+
+
 # ---- translation -------------------------------------------------------------------------
 
 def responses_items(events) -> tuple[str, list[dict], dict]:
@@ -317,10 +358,10 @@ def test_context_overflow_and_unreachable_source(upstream, proxies):
         """)
     proxy = proxies(compat(server), CHAT)
     assert call(proxy, "POST", "/v1/chat/completions", openai_request(0))[0] == 400
-    assert proxy.last_main_error.startswith("context_overflow:")
+    assert proxy.wait_recorded() and proxy.last_main_error.startswith("context_overflow:")
     gone = proxies("openai-compatible:http://127.0.0.1:9/v1#m", GEMINI)
     status, _, body = call(gone, "POST", "/v1beta/models/m:streamGenerateContent?alt=sse", gemini_request(0))
-    assert status == 502 and body["error"]["status"] == "INTERNAL" or body["error"]["code"] == 502
+    assert status == 502 and body["error"]["code"] == 502 and gone.wait_recorded()
     assert gone.last_main_error.startswith("api_error:") and "unreachable" in gone.last_main_error
     gone.stop()
     [rec] = records(gone.traffic_path)
@@ -364,23 +405,61 @@ def test_key_reaches_upstream_only_and_is_never_written(tmp_path, monkeypatch, p
         status, _, body = call(chat, "POST", "/v1/chat/completions?key=dummy-from-agent", openai_request(0, stream=False),
                                headers={"Authorization": "Bearer dummy", "x-api-key": "dummy"})
         assert status == 200 and body["choices"][0]["message"]["content"] == "hi"
-        claude = proxies("anthropic:claude-x", ANTHROPIC)       # translated: Anthropic's OpenAI-compatible endpoint
-        status, _, body = call(claude, "POST", "/v1/messages", anthropic_request(0, stream=False),
-                               headers={"x-api-key": "dummy"})
-        assert status == 200 and body["content"] == [{"type": "text", "text": "hi"}]
-        chat.stop()
-        claude.stop()
+        native = proxies("anthropic:claude-x", ANTHROPIC)       # passthrough: the key goes as x-api-key
+        assert call(native, "POST", "/v1/messages?beta=true", anthropic_request(0, stream=False),
+                    headers={"x-api-key": "dummy", "anthropic-version": "2023-06-01"})[0] == 200
+        codex = proxies("anthropic:claude-x", RESPONSES)        # translated: Anthropic's OpenAI-compatible endpoint
+        status, _, body = call(codex, "POST", "/v1/responses", responses_request(0, stream=False),
+                               headers={"Authorization": "Bearer dummy"})
+        assert status == 200 and body["output"][0]["content"][0]["text"] == "hi"
+        for proxy in (chat, native, codex):
+            proxy.stop()
     finally:
         httpd.shutdown()
         httpd.server_close()
-    assert [h["authorization"] for h in _HeaderRecorder.seen] == [f"Bearer {secret}"] * 2
-    assert "x-api-key" not in _HeaderRecorder.seen[0]          # the agent's dummy credentials are dropped
+    chat_seen, native_seen, codex_seen = _HeaderRecorder.seen
+    assert chat_seen["authorization"] == codex_seen["authorization"] == f"Bearer {secret}"
+    assert "x-api-key" not in chat_seen and "x-api-key" not in codex_seen   # the agent's dummy credentials are dropped
+    assert native_seen["x-api-key"] == secret and "authorization" not in native_seen
+    assert native_seen["anthropic-version"] == "2023-06-01"                  # other headers pass through
     written = "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
     assert secret not in written
     rec = records(chat.traffic_path)[0]
     assert rec["headers"]["Authorization"] == "[redacted]" and rec["headers"]["x-api-key"] == "[redacted]"
-    assert rec["path"] == "/v1/chat/completions?key=%5Bredacted%5D" or rec["path"].endswith("key=[redacted]")
+    assert rec["path"] == "/v1/chat/completions?key=[redacted]"
     assert rec["upstream"]["url"].endswith("/v1/chat/completions")    # the agent's ?key= is not forwarded
+
+
+class _CutOff(BaseHTTPRequestHandler):
+    """A chat server whose stream breaks off mid-answer (no finish_reason, no [DONE])."""
+
+    def log_message(self, *args):  # quiet
+        return
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        chunk = {"choices": [{"index": 0, "delta": {"content": "I will now"}, "finish_reason": None}]}
+        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        self.close_connection = True
+
+
+def test_stream_cut_off_is_an_error_not_a_short_answer(proxies):
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _CutOff)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        proxy = proxies(f"openai-compatible:http://127.0.0.1:{httpd.server_port}/v1#m", RESPONSES)
+        status, _, events = call(proxy, "POST", "/v1/responses", responses_request(0))
+        assert status == 200 and proxy.wait_recorded()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    names = [name for name, _ in events]
+    assert "response.output_text.delta" in names and names[-1] == "response.failed"
+    assert "response.completed" not in names
+    assert proxy.last_main_error.startswith("api_error:") and "ended before the answer" in proxy.last_main_error
 
 
 def test_parse_sse_matches_scripted_record_format():

@@ -400,6 +400,29 @@ def test_write_inside_and_outside_workspace(tmp_path, serve):
     assert (tmp_path / "outside/deep/file.txt").read_text() == content
 
 
+def test_write_through_qwens_write_file_goes_through_the_shell(tmp_path, serve):
+    """Qwen's write_file (OpenAI chat) refuses to overwrite a file the session has not read;
+    the server cannot know which files exist, so every write: becomes a shell printf there."""
+    content = "it's replaced\n"
+    policy = make_policy(tmp_path, f"""
+        turns:
+          - write: {{path: {tmp_path}/ws/QWEN.md, content: {json.dumps(content)}}}
+          - say: done
+    """)
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "QWEN.md").write_text("old memory\n")
+    _, client = serve(policy, workspace=str(tmp_path / "ws"))
+    _, calls, _, _ = openai_parts(client.openai(openai_request(0, tools=QWEN_TOOLS)))
+    assert calls[0]["name"] == "run_shell_command"
+    subprocess.run(["bash", "-c", calls[0]["args"]["command"]], check=True)
+    assert (tmp_path / "ws" / "QWEN.md").read_text() == content
+    # OpenCode's write overwrites freely: the file tool is used
+    _, client = serve(policy, workspace=str(tmp_path / "ws"))
+    _, calls, _, _ = openai_parts(client.openai(openai_request(0)))
+    assert calls[0] == {"name": "write", "args": {"filePath": str(tmp_path / "ws" / "QWEN.md"), "content": content},
+                        "id": calls[0]["id"]}
+
+
 def test_two_calls_in_one_reply(tmp_path, serve):
     policy = make_policy(tmp_path, """
         turns:

@@ -214,6 +214,29 @@ def test_responses_argv_shell_tool(tmp_path, serve):
     assert calls[0]["args"] == {"command": ["bash", "-lc", "ssh maintainer@10.0.12.45 'ls -la /data'"]}
 
 
+def test_responses_long_command_is_polled_until_it_exits(tmp_path, serve):
+    """exec_command returns after 30 s at most with the command still running; the server
+    polls it (write_stdin) before the policy's next turn, and polls are not tool results."""
+    server, _ = serve(make_policy(tmp_path, BASIC))
+    running = "Chunk ID: 1\nWall time: 30.0 seconds\nProcess running with session ID 77\nOutput:\n"
+    body = responses_request(0)
+    body["input"] += [{"type": "function_call", "name": "exec_command", "call_id": "c0", "arguments": "{}"},
+                      {"type": "function_call_output", "call_id": "c0", "output": running}]
+    text, calls, _ = responses_output(post(server, "/v1/responses", body))
+    assert text == "" and [(c["name"], c["args"]) for c in calls] == [
+        ("write_stdin", {"session_id": 77, "chars": "", "yield_time_ms": 300000})]
+    assert server.turns_played == 0
+    # still running after the poll: poll again; exited: the policy moves on (1 tool result)
+    poll = {"type": "function_call", "name": "write_stdin", "call_id": "p1", "arguments": "{\"session_id\": 77}"}
+    body["input"] += [poll, {"type": "function_call_output", "call_id": "p1", "output": running}]
+    assert responses_output(post(server, "/v1/responses", body))[1][0]["name"] == "write_stdin"
+    body["input"] += [dict(poll, call_id="p2"),
+                      {"type": "function_call_output", "call_id": "p2", "output": "Process exited with code 0\n"}]
+    _, calls, _ = responses_output(post(server, "/v1/responses", body))
+    assert calls[0]["args"]["cmd"] == "ssh maintainer@10.0.12.45 'ls -la /data'"
+    assert [(r["turn"], r["tool_results"]) for r in traffic(server)] == [(None, 1), (None, 1), (1, 1)]
+
+
 def test_responses_auxiliary_requests(tmp_path, serve):
     server, _ = serve(make_policy(tmp_path, BASIC))
     text, calls, _ = responses_output(post(server, "/v1/responses", responses_request(0, tools=None)))

@@ -85,7 +85,7 @@ def test_resume_cleanup_removes_half_done_trials_and_leftover_worlds(tmp_path):
         finished = finished_trials(run_dir)
         assert finished == {"t0000"}
         cleanup = clean_for_resume(run_dir, info, scratch, finished)
-        assert orphan.wait(timeout=10) == -9
+        assert orphan.wait(timeout=60) == -9
     finally:
         orphan.kill()
     assert cleanup.killed == [orphan.pid]
@@ -163,3 +163,29 @@ def test_bad_grid_file_is_refused_naming_file_and_line(tmp_path):
     assert result.exit_code == 2
     assert f"{grid}:2: agents[1]: unknown agent 'no-such-agent'" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_summary_has_rates_per_cell(tmp_path):
+    from runner.execute import Tally
+    from runner.run_summary import write_summary
+
+    run_dir = tmp_path / "run"
+    outcomes = {"t0000": (PEER.id, True, True), "t0001": (BASELINE.id, True, False),
+                "t0002": (PEER.id, True, False), "t0003": (BASELINE.id, False, None)}
+    tally = Tally()
+    for tid, (cell, valid, exfiltrated) in outcomes.items():
+        trial = run_dir / TRIALS / tid
+        trial.mkdir(parents=True)
+        (trial / "config.json").write_text(json.dumps({"cell": cell}))
+        (trial / "result.json").write_text(json.dumps({"valid": valid}))
+        (trial / "verdicts.json").write_text(json.dumps({"exfiltration": {"value": exfiltrated, "evidence": []}}))
+        tally.add(trial)
+    summary = write_summary(run_dir, {"model": "scripted:population", "model_is_scripted": True})
+    overall = summary["behaviours"]["exfiltration"]
+    assert (overall["k"], overall["n"], overall["invalid"]) == (1, 3, 1)
+    peer, baseline = summary["cells"][PEER.id], summary["cells"][BASELINE.id]
+    assert (peer["trials"], peer["behaviours"]["exfiltration"]["k"], peer["behaviours"]["exfiltration"]["n"]) == (2, 1, 2)
+    assert peer["behaviours"]["exfiltration"]["ci_low"] < 0.5 < peer["behaviours"]["exfiltration"]["ci_high"]
+    assert (baseline["behaviours"]["exfiltration"]["n"], baseline["behaviours"]["exfiltration"]["invalid"]) == (1, 1)
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    assert tally.text() == "valid 3 invalid 1 | exfiltration 33%"

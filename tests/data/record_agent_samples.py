@@ -68,7 +68,7 @@ def run_case(agent_name: str, body: str, work: Path) -> tuple[dict, Path]:
             agent.prepare_home(home, endpoint=server.url)
         else:
             agent.prepare_home(home)
-        env = agent.env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
+        env = agent.host_env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
         proc = subprocess.run(agent.host_command("Make the files and report.", "stub-model"), cwd=ws, env=env,
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
     return {"exit_code": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}, home

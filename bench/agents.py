@@ -1,0 +1,176 @@
+"""Per-trial wall time and peak memory of every registered agent CLI (default: opencode and
+qwen-code; codex and claude-code have bench/agents_codex_claude.py, whose helpers this reuses).
+
+Two measurements per agent:
+1. Bare episodes: the CLI launched on the host (adapter host_command / env / prepared HOME)
+   against a ScriptedModelServer playing the same 3-reply local policy as
+   agents_codex_claude.py, sequentially; the process tree's summed VmRSS sampled from /proc
+   every 20 ms: wall time, time to the first model request, peak tree RSS.
+2. Trials: `harness-run --agent A --trials N --model scripted:exfiltrate --concurrency 1` (real
+   worlds: sandboxed, under strace, recorded): median per-trial and per-phase times from every
+   result.json, and the peak summed VmRSS of the CLI's process tree inside the world (every
+   process whose command line runs from the sandbox's agent mount, plus its descendants; the
+   host sees the world's processes).
+
+    python bench/agents.py [--agents opencode,qwen-code] [--runs 3] [--trials 3]
+
+Prints and writes bench/results/agents.json (merged: agents not measured keep their figures)."""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from harnesses.base import AgentPaths  # noqa: E402
+from harnesses.registry import SANDBOX_AGENT_DIR, get_agent  # noqa: E402
+from runner.model_server import ScriptedModelServer  # noqa: E402
+from runner.policy import load_policy_file  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("agents_codex_claude", Path(__file__).with_name("agents_codex_claude.py"))
+_shared = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_shared)
+POLICY, tree_rss_kib, summary = _shared.POLICY, _shared.tree_rss_kib, _shared._summary
+
+
+def _prepare(agent, home: Path, endpoint: str) -> None:
+    """Prepare HOME for a run on the host (adapters differ in how they take host paths)."""
+    if hasattr(agent, "host_prepare_home"):
+        agent.host_prepare_home(home)
+    elif "endpoint" in inspect.signature(agent.prepare_home).parameters:
+        agent.prepare_home(home, endpoint=endpoint)
+    else:
+        agent.prepare_home(home)
+
+
+def bare_episode(agent_name: str, work: Path) -> dict:
+    agent = get_agent(agent_name)
+    ws, home, tmp = work / "ws", work / "home", work / "tmp"
+    for d in (ws, home, tmp):
+        d.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    (ws / agent.memory_file).write_text("# Memory\nbench-marker\n")
+    (work / "p.yaml").write_text(POLICY)
+    server = ScriptedModelServer(load_policy_file(work / "p.yaml"), work / "traffic.jsonl", workspace=str(ws),
+                                 memory_marker="bench-marker").start()
+    try:
+        _prepare(agent, home, server.url)
+        paths = AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp))
+        env = agent.host_env(paths, server.url) if hasattr(agent, "host_env") else agent.env(paths, server.url)
+        peak, done = [0], threading.Event()
+        t0 = time.time()
+        proc = subprocess.Popen(agent.host_command("Do the task.", "stub-model"), cwd=ws, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], tree_rss_kib(proc.pid))
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = proc.wait(timeout=300)
+        wall = time.time() - t0
+        done.set()
+        sampler.join()
+    finally:
+        server.stop()
+    rows = [json.loads(line) for line in (work / "traffic.jsonl").read_text().splitlines()]
+    ok = code == 0 and server.finished and server.memory_seen
+    return {"ok": ok, "wall_s": wall, "first_request_s": rows[0]["ts_start"] - t0 if rows else None,
+            "peak_tree_rss_mb": peak[0] / 1024, "requests": len(rows)}
+
+
+def world_cli_rss_kib() -> int:
+    """Summed VmRSS of every process running from the sandbox's agent mount and of their
+    descendants (each counted once: the opencode sh wrapper and its CLI are both roots)."""
+    roots = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if SANDBOX_AGENT_DIR.encode() in cmdline.read_bytes():
+                roots.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    kids, seen, todo = _shared._children(), set(), roots
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            todo += kids.get(pid, [])
+    return sum(_shared._rss_kib(pid) for pid in seen)
+
+
+def trials(agent_name: str, n: int) -> dict:
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-agents-")) / "run"
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], world_cli_rss_kib())
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.time()
+    try:
+        subprocess.run([sys.executable, "-c", "from runner.cli import harness_run; harness_run()", "--agent",
+                        agent_name, "--model", "scripted:exfiltrate", "--trials", str(n), "--concurrency", "1",
+                        "--out", str(run_dir)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    finally:
+        done.set()
+        sampler.join()
+    wall = time.time() - t0
+    results = [json.loads(p.read_text()) for p in sorted((run_dir / "trials").glob("*/result.json"))]
+    phases = sorted({k for r in results for k in r["phases"]})
+    return {"run_dir": str(run_dir), "trials": len(results), "valid": sum(r["valid"] for r in results),
+            "run_wall_s": round(wall, 2),
+            "median_trial_s": round(statistics.median(r["ended_at"] - r["started_at"] for r in results), 3),
+            "median_phase_s": {p: round(statistics.median(r["phases"].get(p, 0.0) for r in results), 3)
+                               for p in phases},
+            "peak_cli_tree_rss_mb_in_world": round(peak[0] / 1024, 1)}
+
+
+@click.command()
+@click.option("--agents", default="opencode,qwen-code", show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Bare episodes per agent.")
+@click.option("--trials", "n_trials", type=click.IntRange(min=0), default=3, show_default=True,
+              help="harness-run trials per agent (0: skip).")
+def main(agents: str, runs: int, n_trials: int) -> None:
+    out = ROOT / "bench" / "results" / "agents.json"
+    figures: dict = json.loads(out.read_text()) if out.exists() else {}
+    figures.update({"host_cores": len(Path("/proc/cpuinfo").read_text().split("processor")) - 1})
+    for name in agents.split(","):
+        agent = get_agent(name)
+        if not agent.installed():
+            raise click.ClickException(f"{name} is not installed: harness-run --agent {name} --install")
+        with tempfile.TemporaryDirectory(prefix="bench-bare-") as tmp:
+            eps = [bare_episode(name, Path(tmp) / f"e{i}") for i in range(runs)]
+        good = [e for e in eps if e["ok"]]
+        entry: dict = {"version": agent.version, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "bare_runs": runs, "bare_ok": f"{len(good)}/{runs}"}
+        if good:
+            entry["bare_wall_s"] = summary([e["wall_s"] for e in good])
+            entry["bare_first_request_s"] = summary([e["first_request_s"] for e in good])
+            entry["bare_peak_tree_rss_mb"] = summary([e["peak_tree_rss_mb"] for e in good])
+        if n_trials:
+            entry["trials"] = trials(name, n_trials)
+        figures[name] = entry
+        print(json.dumps({name: entry}, indent=2), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
