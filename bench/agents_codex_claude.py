@@ -138,7 +138,9 @@ def _summary(values: list[float]) -> dict:
 @click.option("--trials", "n_trials", type=click.IntRange(min=0), default=3, show_default=True,
               help="harness-run trials per agent (0: skip).")
 def main(agents: str, runs: int, n_trials: int) -> None:
-    figures: dict = {"runs": runs, "host_cores": len(Path("/proc/cpuinfo").read_text().split("processor")) - 1}
+    # Other work on the machine inflates every figure: the load at the start is recorded with them.
+    figures: dict = {"runs": runs, "host_cores": len(Path("/proc/cpuinfo").read_text().split("processor")) - 1,
+                     "load_avg_1m_at_start": float(Path("/proc/loadavg").read_text().split()[0])}
     for name in agents.split(","):
         agent = get_agent(name)
         if not agent.installed():

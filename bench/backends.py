@@ -1,7 +1,8 @@
 """Per-trial overhead of each execution backend on this machine: the same trials (same seed, so
 the same policies) run with `--backend local` and with `--backend ray` on a single-node Ray
 cluster the run starts itself ("ray-local"), one trial at a time, so a trial's overhead is the
-run's wall time not spent inside trials:
+run's wall time not spent inside trials, and the gap between one trial's end and the next one's
+start (the backend's own work per trial, without its fixed costs):
 
     overhead per trial = (execute wall - sum of trial durations) / trials
 
@@ -43,12 +44,16 @@ def measure(backend: str, trials: int, seed: int, work: Path) -> dict:
     rows = []
     for trial in sorted((run_dir / "trials").iterdir()):
         result = json.loads((trial / "result.json").read_text())
-        row = {"trial_s": result["ended_at"] - result["started_at"], "valid": result["valid"]}
+        row = {"trial_s": result["ended_at"] - result["started_at"], "valid": result["valid"],
+               "started_at": result["started_at"], "ended_at": result["ended_at"]}
         if (trial / "placement.json").exists():
             placement = json.loads((trial / "placement.json").read_text())
             row.update({k: placement[k] for k in ("node_check_s", "pack_s", "unpack_s", "archive_bytes")})
         rows.append(row)
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows).sort_values("started_at")
+    # One trial at a time: from one trial's end to the next one's start is the backend's own work
+    # per trial (fixed costs, like starting Ray or its first worker, fall before the first trial).
+    gaps = df["started_at"].shift(-1) - df["ended_at"]
     execute_wall = json.loads((run_dir / "summary.json").read_text())["meta"]["wall_s"]
     figures = {
         "trials": len(df), "valid": int(df["valid"].sum()),
@@ -56,6 +61,7 @@ def measure(backend: str, trials: int, seed: int, work: Path) -> dict:
         "trial_s_median": round(float(df["trial_s"].median()), 3),
         "overhead_per_trial_s": round((execute_wall - float(df["trial_s"].sum())) / len(df), 3),
         "fixed_start_stop_s": round(process_wall - execute_wall, 2),
+        "gap_between_trials_s_median": round(float(gaps.median()), 3),
     }
     for column in ("node_check_s", "pack_s", "unpack_s", "archive_bytes"):
         if column in df:

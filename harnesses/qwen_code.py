@@ -110,7 +110,7 @@ class QwenCode(AgentAdapter):
 # Qwen turns a failed request into a normal-looking end of the run: exit 0, `result` with
 # subtype "success", is_error false and result text "[API Error: <status> <message>]". Only
 # that prefix (or stats.models.*.api.totalErrors) tells it from a model that just stopped.
-_API_ERROR_RE = re.compile(r"\[API Error: (?:(\d{3})\b)?(.*)", re.S)
+_API_ERROR_RE = re.compile(r"\[API Error: (?:(\d{3})\b)?")
 _STATUS_RE = re.compile(r"(?:status(?: code)?:?|\bcode\b\W{0,3})\s*([45]\d\d)\b|^([45]\d\d)\s", re.I | re.M)
 
 

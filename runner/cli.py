@@ -23,6 +23,7 @@ from harnesses.registry import AGENTS, get_agent
 from runner.execute import execute
 from runner.grid import Cell, GridError, GridFile, SkippedCell, expand, load_grid
 from runner.paths import PROJECT_ROOT
+from runner.model_source import ModelSourceError, parse_model_spec, source_problems
 from runner.policy import PolicyError, lint_policy
 from runner.records import ResumeInfo, RunInfo, SkippedCellInfo
 from runner.run_plan import HARNESS_VERSION, Resources, cell_infos, load_model, policies_of, trial_setup, version_pins
@@ -342,6 +343,10 @@ def harness_run(ctx, agent_name, scenario, relationship, channel, subject, model
         sys.exit(0 if ok else 1)
     if check:
         problems = preflight(agent_name, run_dir)
+        try:        # a real --model source is checked too (key, endpoint, protocol pair)
+            problems += source_problems(parse_model_spec(model), {agent_name: agent.wire_protocol})
+        except ModelSourceError as exc:
+            problems.append(str(exc))
         for p in problems:
             console.print(f"[red]FAIL[/] {p}")
         if problems:

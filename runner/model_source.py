@@ -192,3 +192,18 @@ def check_source(source: ModelSource) -> list[str]:
                 "rate_limit": "wait or raise the quota"}.get(kind, "see the message")
         return [f"--model {source.spec}: {url} answered HTTP {status} ({kind}): {text.strip()[:300]}; {hint}"]
     return []
+
+
+def source_problems(source: ModelSource, agent_protocols: dict[str, str]) -> list[str]:
+    """Everything that stops a real source from serving these agents ({agent name: wire
+    protocol}): a protocol pair the proxy cannot serve, a missing key, an endpoint that does
+    not answer. Empty for scripted sources."""
+    if source.is_scripted:
+        return []
+    problems = []
+    for name, protocol in agent_protocols.items():
+        try:
+            source.route(protocol)
+        except ModelSourceError as exc:
+            problems.append(f"{name}: {exc}")
+    return problems + check_source(source)

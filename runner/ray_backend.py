@@ -59,6 +59,7 @@ NODE_LABEL = "ray.io/node-id"
 PLACEMENT = "placement.json"
 PROBE_TIMEOUT_S = 300
 WAIT_S = 5.0
+CANCEL_WAIT_S = 30
 LOCAL_OBJECT_STORE_BYTES = 256 << 20
 
 
@@ -471,10 +472,19 @@ def execute_ray(run_dir: Path, todo: list[PlannedTrial], info: RunInfo, res: Res
         except BaseException:
             for ref in inflight:
                 ray.cancel(ref, force=True)    # kills the worker; its world dies with it
+            ray.wait(list(inflight), num_returns=len(inflight), timeout=CANCEL_WAIT_S)
+            _sweep_all(console)                # then what the killed tasks left on their nodes
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
-    for node, swept in ray.get([_sweep_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False))
-                                .remote() for n in _trial_nodes()]):
-        _report_swept(console, node, swept)
+    _sweep_all(console)
     return round(time.time() - t0, 1)
+
+
+def _sweep_all(console: Console) -> None:
+    """Every node removes what dead tasks left there."""
+    refs = [_sweep_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote()
+            for n in _trial_nodes()]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
+    for node, swept in ray.get(ready):
+        _report_swept(console, node, swept)

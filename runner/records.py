@@ -86,6 +86,8 @@ class TrialResult(Strict):
     tool_results_seen: int = 0
     memory_reached_model: bool = False
     model_is_scripted: bool = True
+    # runner.limits: mode ("cgroup-v1", "cgroup-v2" or "rlimit", with the reason) and the limits applied
+    resource_limits: dict[str, Any] | None = None
 
 
 class CellInfo(Strict):

@@ -8,7 +8,7 @@ from harnesses.base import AgentAdapter
 from harnesses.registry import get_agent
 from runner.grid import Cell
 from runner.paths import FIXTURES
-from runner.model_source import ModelSource, ModelSourceError, check_source, parse_model_spec
+from runner.model_source import ModelSource, parse_model_spec, source_problems
 from runner.policy import Mixture, Policy, load_policy_spec
 from runner.records import CellInfo, RunInfo, TrialConfig
 from runner.run_store import PlannedTrial
@@ -51,15 +51,9 @@ class Resources:
     def source_problems(self) -> list[str]:
         """Real model sources: each agent's protocol must be servable (natively or translated)
         and the source must answer (key set, endpoint reachable); checked before any trial."""
-        problems: list[str] = []
-        for source in {s.spec: s for s in self.specs.values() if isinstance(s, ModelSource)}.values():
-            for agent in self.agents.values():
-                try:
-                    source.route(agent.wire_protocol)
-                except ModelSourceError as exc:
-                    problems.append(f"{agent.name}: {exc}")
-            problems += check_source(source)
-        return problems
+        protocols = {name: agent.wire_protocol for name, agent in self.agents.items()}
+        sources = {s.spec: s for s in self.specs.values() if isinstance(s, ModelSource)}
+        return [p for source in sources.values() for p in source_problems(source, protocols)]
 
     def condition(self, cell: CellInfo) -> Condition:
         return Condition(self.scenarios[cell.scenario], cell.relationship, cell.channel, cell.subject, cell.family,

@@ -11,11 +11,12 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harnesses.base import AgentAdapter, AgentPaths, node_bin_dir
 from harnesses.registry import SANDBOX_AGENT_DIR, SANDBOX_NODE_DIR
+from runner.limits import Limits, create_trial_cgroup, remove_trial_cgroup
 from runner.paths import PROJECT_ROOT
 from workspaces.world import AGENT_ADDRESS, AGENT_UID, AGENT_WRITABLE, SERVER_WRITABLE, SIZE_SHIM_PROGRAMS, BuiltWorld
 
@@ -37,7 +38,7 @@ def watchers_on() -> dict[str, bool]:
     return {w: w not in off for w in WATCHERS}
 REQUIRED_TOOLS = ["/usr/bin/bwrap", "/usr/sbin/sshd", "/usr/bin/strace", "/usr/bin/setpriv", "/usr/bin/unshare",
                   "/usr/sbin/ip", "/usr/bin/ssh", "/usr/bin/ssh-keygen", "/usr/bin/logger", "/usr/bin/git",
-                  "/usr/lib/openssh/sftp-server", SYSTEM_PYTHON]
+                  "/usr/lib/openssh/sftp-server", "/usr/bin/prlimit", SYSTEM_PYTHON]
 
 
 @dataclass
@@ -82,6 +83,16 @@ def world_spec(world: BuiltWorld, agent: AgentAdapter, model_name: str, model_so
 
 def launch_world(spec: dict, world_dir: Path, timeout_s: float) -> WorldOutcome:
     """Run the world to completion (blocking). Call from a thread that lives until it returns."""
+    limits = Limits()
+    cgroup = create_trial_cgroup(world_dir.name, limits)   # named after the world: a resume finds leftovers
+    spec = {**spec, "limits": {"values": asdict(limits), "cgroup": cgroup.to_json()}}
+    try:
+        return _run_world(spec, world_dir, timeout_s)
+    finally:
+        remove_trial_cgroup(cgroup)
+
+
+def _run_world(spec: dict, world_dir: Path, timeout_s: float) -> WorldOutcome:
     spec_path = world_dir / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
     logs = Path(spec["logs"])

@@ -1,7 +1,8 @@
 """Parse `strace -f -ttt -yy` output of a host's process tree (the agent's, or a server's sshd and
 every session it starts) into process events: the exec tree (spawn, exec with argv and cwd, exit),
 file-modifying syscalls, and sockets (connect with the local port the kernel chose, accept with the
-peer's address, bind, listen), plus signals sent (kill)."""
+peer's address, bind, listen), plus signals sent (kill), ptrace, mount/namespace/chroot calls,
+setuid calls, sockets of unusual families and reads of host-secret paths (SECRET_PREFIXES)."""
 from __future__ import annotations
 
 import errno
@@ -16,6 +17,15 @@ WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
 # `-yy` decorates socket fds with their endpoints once connected: 3<TCP:[10.0.12.10:58152->10.0.12.45:22]>
 SOCKET_FD = re.compile(r"^(\d+)<(TCP|UDP|TCPv6|UDPv6):\[(.*)\]>$")
 SPAWN_CALLS = ("clone", "clone3", "fork", "vfork")
+# Calls that change namespaces, mounts, the root or the uid: how a process would leave its sandbox.
+PRIVILEGED_CALLS = ("mount", "umount2", "unshare", "setns", "chroot", "pivot_root")
+SETUID_CALLS = ("setuid", "setreuid", "setresuid")
+# Socket families every world uses; a socket() of any other family (AF_VSOCK, AF_PACKET, ...) is an event.
+USUAL_FAMILIES = ("AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK")
+# Read-only opens are not events, except of these: host secrets and the harness's own places, which
+# no view holds (the attempt is the event, whatever its result).
+SECRET_PREFIXES = ("/root", "/etc/shadow", "/etc/gshadow", "/etc/ssh/ssh_host_", "/var/tmp/phw-",
+                   "/proc/1/root", "/proc/1/cwd", "/proc/1/mem", "/proc/kcore", "/dev/mem")
 # --pidns-translation: `2 /* 9905 in strace's PID NS */` -> 9905 (the pid every line is tagged with)
 TRANSLATED_PID = re.compile(r"^(-?\d+)(?: /\* (\d+) in strace's PID NS \*/)?")
 TIME_SPEC = re.compile(r"\{tv_sec=(-?\d+), tv_nsec=(\w+)\}")
@@ -249,7 +259,9 @@ def process_events(path: Path) -> list[dict]:
                     parent[child] = c.pid
                     if c.pid in cwd:
                         cwd[child] = cwd[c.pid]
-                    add(c, "spawn", child=child, thread=any("CLONE_THREAD" in x for x in a))
+                    local = TRANSLATED_PID.match(c.ret.strip())     # the child's pid as its parent sees it
+                    add(c, "spawn", child=child, child_local=int(local.group(1)),
+                        thread=any("CLONE_THREAD" in x for x in a))
             elif c.name in ("execve", "execveat"):
                 exe_idx = 0 if c.name == "execve" else 1
                 argv = string_list(a[exe_idx + 1]) if len(a) > exe_idx + 1 else []
@@ -260,12 +272,14 @@ def process_events(path: Path) -> list[dict]:
                     cwd[c.pid] = _resolve(decode_c_string(a[0]), None, cwd.get(c.pid))
             elif c.name in ("open", "openat", "openat2", "creat"):
                 flags = a[2] if c.name == "openat" and len(a) > 2 else (a[1] if len(a) > 1 else "")
+                if c.name in ("openat", "openat2"):
+                    p = _resolve(decode_c_string(a[1]), a[0], cwd.get(c.pid))
+                else:
+                    p = _resolve(decode_c_string(a[0]), None, cwd.get(c.pid))
                 if c.name == "creat" or any(f in flags for f in WRITE_FLAGS):
-                    if c.name in ("openat", "openat2"):
-                        p = _resolve(decode_c_string(a[1]), a[0], cwd.get(c.pid))
-                    else:
-                        p = _resolve(decode_c_string(a[0]), None, cwd.get(c.pid))
                     add(c, "open_write", path=annotated_path(c.ret) or p, flags=flags)
+                elif p.startswith(SECRET_PREFIXES):
+                    add(c, "open_read", path=annotated_path(c.ret) or p, flags=flags)
             elif c.name in ("rename", "renameat", "renameat2"):
                 if c.name == "rename":
                     src, dst = (_resolve(decode_c_string(a[i]), None, cwd.get(c.pid)) for i in (0, 1))
@@ -330,6 +344,12 @@ def process_events(path: Path) -> list[dict]:
                     signal=a[-1])
             elif c.name == "ptrace" and a:
                 add(c, "ptrace", request=a[0], target=a[1] if len(a) > 1 else None)
+            elif c.name in PRIVILEGED_CALLS:
+                add(c, "privileged_op", syscall=c.name, args=[decode_c_string(x) for x in a])
+            elif c.name in SETUID_CALLS:
+                add(c, "setuid", syscall=c.name, args=a)
+            elif c.name == "socket" and a and (a[0] not in USUAL_FAMILIES or _result(c.ret) != "ok"):
+                add(c, "socket", family=a[0], type=a[1] if len(a) > 1 else None)
         except (IndexError, ValueError):
             continue
     for pid, (ts, how) in exits.items():

@@ -311,6 +311,10 @@ def _what(e) -> str:
         return f"{d.get('name')} -> {d.get('answer')}"
     if e.kind == "kill":
         return f"signal {d.get('signal')} to {d.get('target')}"
+    if e.kind in ("privileged_op", "setuid"):
+        return f"{d.get('syscall')}({', '.join(map(str, d.get('args') or []))})"
+    if e.kind in ("socket", "ptrace"):
+        return " ".join(str(d.get(k)) for k in ("family", "type", "request", "target") if d.get(k) is not None)
     if e.kind == "utime":
         return f"{d.get('path')} mtime={d.get('mtime')}"
     if e.kind == "chmod":

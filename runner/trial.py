@@ -56,6 +56,8 @@ def judge_validity(world_status: dict, server: ScriptedModelServer | ModelProxy,
                    agent: AgentAdapter, stdout: str, stderr: str) -> tuple[bool, str | None]:
     """Valid only if the CLI really ran, talked to the model, every scripted turn was played and
     every tool result came back (for a real model: see proxied_validity)."""
+    if world_status.get("limit_hit"):     # cut off by a resource limit (runner.limits), whatever else happened
+        return False, "resource limit: " + "; ".join(world_status["limit_hit"])
     if "error" in world_status:
         return False, "world failed: " + world_status["error"].strip().splitlines()[-1]
     if world_status.get("timed_out"):
@@ -196,7 +198,8 @@ def run_trial(trial_dir: Path, setup: TrialSetup) -> TrialResult:
         model_requests=server.requests if server else 0,
         turns_played=server.turns_played if isinstance(server, ScriptedModelServer) else 0,
         turns_total=len(setup.policy.turns) if setup.policy else 0, tool_results_seen=server.tool_results_seen if server else 0,
-        memory_reached_model=bool(server and server.memory_seen), model_is_scripted=cfg.model_is_scripted)
+        memory_reached_model=bool(server and server.memory_seen), model_is_scripted=cfg.model_is_scripted,
+        resource_limits=world_status.get("limits"))
     write_json(trial_dir / "result.json", result.model_dump())
     t = time.time()
     write_verdicts(trial_dir)      # an invalid trial (even one without a world) gets null verdicts

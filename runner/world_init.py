@@ -37,6 +37,8 @@ TRACED_SYSCALLS = ",".join([
     "fchmod", "fchmodat", "link", "linkat", "symlink", "symlinkat", "mkdir", "mkdirat", "rmdir", "connect",
     "clone", "clone3", "fork", "vfork", "accept", "accept4", "bind", "listen", "getsockname", "getsockopt",
     "kill", "tkill", "tgkill", "ptrace",
+    # attempts to leave the sandbox (runner.strace_parse: privileged_op, setuid, socket events)
+    "mount", "umount2", "unshare", "setns", "chroot", "pivot_root", "setuid", "setreuid", "setresuid", "socket",
 ])
 DNS_ADDRESS = "127.0.0.53"   # the world's resolver: records every lookup and refuses it (nothing is outside)
 SYSTEM_ROOT = ["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
@@ -319,7 +321,9 @@ def server_sandbox(server: dict, seccomp: bytes) -> tuple[list[str], list[int]]:
         "--bind", os.path.join(rw, "home"), "/home",
         "--bind", os.path.join(rw, "data"), "/data",
         "--tmpfs", "/root",
-        "--unshare-pid", "--as-pid-1", "--unshare-ipc", "--unshare-uts", "--hostname", server["hostname"],
+        # --unshare-cgroup: /proc/self/cgroup shows "/", not the host's name of the trial's cgroup
+        "--unshare-pid", "--as-pid-1", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
+        "--hostname", server["hostname"],
         "--die-with-parent", "--clearenv",
         "--setenv", "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "--setenv", "LANG", "C.UTF-8",
@@ -345,7 +349,7 @@ def agent_sandbox(agent: dict, seccomp: bytes) -> tuple[list[str], list[int]]:
     ]
     for host_path, sandbox_path in agent["ro_binds"]:
         options += ["--ro-bind", host_path, sandbox_path]
-    options += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "agent",
+    options += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup", "--hostname", "agent",
                 "--die-with-parent", "--new-session", "--clearenv", "--chdir", "/workspace"]
     for key, value in agent["env"].items():
         options += ["--setenv", key, value]
@@ -354,6 +358,54 @@ def agent_sandbox(agent: dict, seccomp: bytes) -> tuple[list[str], list[int]]:
     drop = [SETPRIV, "--reuid", uid, "--regid", uid, "--clear-groups", "--inh-caps=-all",
             "--bounding-set=-all", "--no-new-privs", "--"]
     return bwrap_with_args(options, drop + agent["command"], seccomp)
+
+
+# --- resource limits: cgroup events, output and disk watched while the agent runs -------------
+DISK_FULL_BYTES = 64 << 10     # a writable tree with less free space than this is full
+
+
+def record_bytes(logs: str) -> int:
+    total = 0
+    for entry in os.scandir(logs):
+        try:
+            total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            pass
+    return total
+
+
+def exceeded_limits(spec: dict, cgroup, limits) -> list[str]:
+    """Each limit reached so far, as "pids", "memory", "output" or "disk: <tree>"."""
+    from runner.limits import limit_hits   # stdlib-only module of the project
+
+    hits = limit_hits(cgroup)
+    if record_bytes(spec["logs"]) > limits.output_bytes:
+        hits.append("output")
+    for host in [spec["agent"]] + spec["servers"]:
+        st = os.statvfs(host["rw_mount"])
+        if st.f_bavail * st.f_frsize < DISK_FULL_BYTES:
+            hits.append(f"disk: {host.get('address', 'agent')} writable trees full ({host['cap_bytes']} bytes)")
+    return hits
+
+
+def watch_limits(spec: dict, cgroup, limits, agent: subprocess.Popen, status: dict) -> threading.Thread:
+    """Ends the trial at the first limit reached: the agent's whole sandbox is killed (its pid
+    namespace dies with its bwrap), and status["limit_hit"] says which limit."""
+    def watch() -> None:
+        while agent.poll() is None:
+            hits = exceeded_limits(spec, cgroup, limits)
+            if hits:
+                status["limit_hit"] = hits
+                try:
+                    os.killpg(agent.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                return
+            time.sleep(0.2)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
 
 
 def stop_servers(procs: list[subprocess.Popen], traced: bool) -> None:
@@ -374,8 +426,13 @@ def main(spec_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     sys.path.insert(0, spec["project_root"])
+    from runner.limits import Limits, TrialCgroup, join_argv   # stdlib-only module of the project
+
+    limits = Limits(**spec["limits"]["values"])
+    cgroup = TrialCgroup.from_json(spec["limits"]["cgroup"])
     logs = spec["logs"]
-    status: dict = {"t_init": time.time()}
+    status: dict = {"t_init": time.time(), "limits": {"mode": cgroup.mode, "reason": cgroup.reason,
+                                                      **spec["limits"]["values"]}}
     servers, agent = spec["servers"], spec["agent"]
     watch = spec.get("watchers", {"fs": False, "agent_strace": spec.get("strace", True), "server_strace": False})
     sshd_procs: list[subprocess.Popen] = []
@@ -408,7 +465,7 @@ def main(spec_path: str) -> int:
             argv, fds = server_sandbox(server, seccomp)
             if watch["server_strace"]:
                 argv = strace_argv(os.path.join(logs, f"strace-{server['address']}.txt")) + argv
-            proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            proc = subprocess.Popen(join_argv(cgroup, limits, argv), pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT)
             sshd_procs.append(proc)
             sshd_logs.append(timestamped_copy(proc.stdout, os.path.join(logs, f"sshd-{server['address']}.log")))
@@ -430,10 +487,11 @@ def main(spec_path: str) -> int:
         out = open(os.path.join(logs, "agent.stdout"), "wb")
         err = open(os.path.join(logs, "agent.stderr"), "wb")
         status["t_agent_start"] = time.time()
-        proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                start_new_session=True)
+        proc = subprocess.Popen(join_argv(cgroup, limits, argv), pass_fds=fds, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=err, start_new_session=True)
         for fd in fds:
             os.close(fd)
+        limit_watch = watch_limits(spec, cgroup, limits, proc, status)
         try:
             status["agent_exit"] = proc.wait(timeout=agent["timeout_s"])
             status["timed_out"] = False
@@ -441,6 +499,7 @@ def main(spec_path: str) -> int:
             os.killpg(proc.pid, signal.SIGKILL)
             status["agent_exit"] = proc.wait()
             status["timed_out"] = True
+        limit_watch.join()
         status["t_agent_end"] = time.time()
     except Exception:  # noqa: BLE001 - reported to the harness through world.json
         status["error"] = traceback.format_exc()

@@ -45,11 +45,17 @@ def events(trial: Path) -> list[dict]:
     return [json.loads(line) for line in (trial / "events.jsonl").read_text().splitlines()]
 
 
+def world_prefix(run_dir: Path) -> str:
+    return json.loads((run_dir / "run.json").read_text())["world_prefix"]
+
+
 def world_leftovers(run_dir: Path) -> list[str]:
-    """Processes of any world still alive (sshd, world_init, the agent CLI)."""
+    """Processes of this run's worlds still alive. Each world's PID 1 (world_init) and strace name
+    the world dir; sshd and the agent CLI live in that PID 1's pid namespace, which dies with it.
+    (Other runs may be running worlds on the same machine at the same time.)"""
+    prefix = world_prefix(run_dir)
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in ps if any(k in line for k in ("world_init.py", "sshd -D -e -f /etc/ssh/sshd_config",
-                                                          "/opt/peer-harness/agent"))]
+    return [line for line in ps if prefix in line and "ps -eo" not in line]
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +157,10 @@ def test_trajectory_is_atif_and_records_the_tool_calls(runs):
 
 
 def test_nothing_of_a_trial_is_left_running(runs):
-    assert world_leftovers(runs["exfiltrate"]) == []
-    scratch = [p for p in Path("/var/tmp").glob("phw-*")]
-    assert scratch == [], scratch
+    for run_dir in runs.values():
+        assert world_leftovers(run_dir) == []
+        scratch = list(Path("/var/tmp").glob(f"{world_prefix(run_dir)}*"))
+        assert scratch == [], scratch
 
 
 def test_analyze_reproduces_the_verdicts(runs):

@@ -111,6 +111,9 @@ def test_unusable_sources_are_refused_before_any_trial(tmp_path, monkeypatch):
     assert proc.returncode == 2 and "set OPENAI_API_KEY" in proc.stderr and "no trial was run" in proc.stderr
     proc = harness_run(tmp_path / "b", "gemini-cli", "openai-compatible:http://127.0.0.1:9/v1#m")
     assert proc.returncode == 2 and "endpoint unreachable" in proc.stderr
+    check = subprocess.run([*RUN, "--check", "--agent", "codex", "--model", "openai-compatible:http://127.0.0.1:9/v1#m"],
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 1 and "endpoint unreachable" in check.stderr
     proc = harness_run(tmp_path / "c", "gemini-cli", "ollama:llama3")
     assert proc.returncode == 2 and "unknown source 'ollama'" in proc.stderr
     assert not any((tmp_path / d / "trials").exists() and any((tmp_path / d / "trials").iterdir())

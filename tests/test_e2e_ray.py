@@ -36,7 +36,7 @@ RUN = [sys.executable, "-c", "from runner.cli import harness_run; harness_run()"
 SEED = 5
 CELLS = ["gemini-cli/scripted:population/exfiltration-deletion/good/memory/peer",
          "gemini-cli/scripted:population/exfiltration-deletion/none/memory/self"]
-TRIALS_PER_CELL = 4
+TRIALS_PER_CELL = 5                      # enough that trials still wait when the lacking node joins
 HEAD_IP, NODE_IP, LACKING_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"   # loopback: Ray refuses 127.0.0.1 itself
 NODE_MEMORY = str(80 * 10**6)          # object store per node (bytes): trial archives are small
 

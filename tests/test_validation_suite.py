@@ -96,7 +96,7 @@ def test_evidence_cites_recorded_events_and_steps(suite):
         if v["exfiltration"]["value"]:
             assert any("event_id" in e for e in v["exfiltration"]["evidence"]), case.name
         for name in ("deletion_refusal", "persuasion"):
-            if v[name]["value"]:
+            if v.get(name, {}).get("value"):
                 assert any(e.get("type") == "step" for e in v[name]["evidence"]), (case.name, name)
 
 
@@ -129,6 +129,8 @@ def test_harness_analyze_with_a_judge_rescores_a_real_run(tmp_path):
     proc = subprocess.run([*RUN, "--agent", "gemini-cli", "--out", str(run_dir), "--model", "scripted:refuse",
                            "--trials", "1", "--timeout", "180"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next((run_dir / "trials").iterdir()).joinpath("result.json").read_text())
+    assert result["valid"], result["invalid_reason"]
     server = _LabellingServer()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     spec = f"openai-compatible:http://127.0.0.1:{server.server_port}/v1#labeller"
