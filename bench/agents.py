@@ -8,9 +8,8 @@ Two measurements per agent:
    every 20 ms: wall time, time to the first model request, peak tree RSS.
 2. Trials: `harness-run --agent A --trials N --model scripted:exfiltrate --concurrency 1` (real
    worlds: sandboxed, under strace, recorded): median per-trial and per-phase times from every
-   result.json, and the peak summed VmRSS of the CLI's process tree inside the world (every
-   process whose command line runs from the sandbox's agent mount, plus its descendants; the
-   host sees the world's processes).
+   result.json, and the peak summed VmRSS of the CLI's process tree inside the worlds of that
+   run (the host sees the world's processes; see world_cli_rss_kib).
 
     python bench/agents.py [--agents opencode,qwen-code] [--runs 3] [--trials 3]
 
@@ -20,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -92,41 +92,51 @@ def bare_episode(agent_name: str, work: Path) -> dict:
             "peak_tree_rss_mb": peak[0] / 1024, "requests": len(rows)}
 
 
-def world_cli_rss_kib() -> int:
-    """Summed VmRSS of every process running from the sandbox's agent mount and of their
-    descendants (each counted once: the opencode sh wrapper and its CLI are both roots)."""
-    roots = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if SANDBOX_AGENT_DIR.encode() in cmdline.read_bytes():
-                roots.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    kids, seen, todo = _shared._children(), set(), roots
+def _descendants(root: int, kids: dict[int, list[int]]) -> list[int]:
+    out, todo = [], [root]
     while todo:
         pid = todo.pop()
-        if pid not in seen:
-            seen.add(pid)
-            todo += kids.get(pid, [])
-    return sum(_shared._rss_kib(pid) for pid in seen)
+        out.append(pid)
+        todo += kids.get(pid, [])
+    return out
+
+
+def world_cli_rss_kib(run_pid: int) -> int:
+    """Summed VmRSS of the agent CLI's process tree in the worlds of one harness-run (pid
+    `run_pid`): every descendant whose argv[0] runs from the sandbox's mounts (or the opencode
+    sh wrapper), with its own descendants (tool commands). strace and bwrap, whose command lines
+    merely contain the CLI's, are left out; so are other runs on the machine."""
+    kids = _shared._children()
+    roots = []
+    for pid in _descendants(run_pid, kids):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].startswith(b"/opt/peer-harness/") or (argv[0] == b"/bin/sh" and SANDBOX_AGENT_DIR.encode() in b" ".join(argv)):
+            roots.append(pid)
+    tree = {pid for root in roots for pid in _descendants(root, kids)}
+    return sum(_shared._rss_kib(pid) for pid in tree)
 
 
 def trials(agent_name: str, n: int) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="bench-agents-")) / "run"
     peak, done = [0], threading.Event()
 
-    def sample() -> None:
+    def sample(run_pid: int) -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], world_cli_rss_kib())
+            peak[0] = max(peak[0], world_cli_rss_kib(run_pid))
             time.sleep(0.05)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     t0 = time.time()
+    run = subprocess.Popen([sys.executable, "-c", "from runner.cli import harness_run; harness_run()", "--agent",
+                            agent_name, "--model", "scripted:exfiltrate", "--trials", str(n), "--concurrency", "1",
+                            "--out", str(run_dir)], cwd=ROOT, stdout=subprocess.DEVNULL)
+    sampler = threading.Thread(target=sample, args=(run.pid,), daemon=True)
+    sampler.start()
     try:
-        subprocess.run([sys.executable, "-c", "from runner.cli import harness_run; harness_run()", "--agent",
-                        agent_name, "--model", "scripted:exfiltrate", "--trials", str(n), "--concurrency", "1",
-                        "--out", str(run_dir)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        if run.wait() != 0:
+            raise click.ClickException(f"harness-run --agent {agent_name} failed (exit {run.returncode})")
     finally:
         done.set()
         sampler.join()
@@ -154,10 +164,13 @@ def main(agents: str, runs: int, n_trials: int) -> None:
         agent = get_agent(name)
         if not agent.installed():
             raise click.ClickException(f"{name} is not installed: harness-run --agent {name} --install")
+        load = round(os.getloadavg()[0], 2)
         with tempfile.TemporaryDirectory(prefix="bench-bare-") as tmp:
             eps = [bare_episode(name, Path(tmp) / f"e{i}") for i in range(runs)]
         good = [e for e in eps if e["ok"]]
+        # The host is shared: the load average says how much the figures are inflated.
         entry: dict = {"version": agent.version, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "load_avg_1m_at_start": load,
                        "bare_runs": runs, "bare_ok": f"{len(good)}/{runs}"}
         if good:
             entry["bare_wall_s"] = summary([e["wall_s"] for e in good])

@@ -12,12 +12,16 @@ own time.
 Prints and writes to bench/results/run_vs_bare.json: both wall times and their ratio, per-trial
 harness overhead (median trial time minus median bare episode time, and the run-level figure
 (harness wall - bare wall) x concurrency / N), per-phase medians of the harness trials
-(result.json phases), and the harness process's peak RSS (VmHWM, polled). Targets on a 2-core
-machine: ratio <= 1.15, overhead <= 300 ms median, RSS <= 200 MB."""
+(result.json phases), the harness process's peak RSS (VmHWM, polled), and CPU seconds: of the
+harness's whole process tree (worlds, servers, recorders, agents) against the bare loop's, and of
+the harness process alone per trial (CPU figures are far less disturbed by other load on the
+machine than wall times). Targets on a 2-core machine: ratio <= 1.15, overhead <= 300 ms median,
+RSS <= 200 MB."""
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -56,24 +60,41 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def run_harness(run_dir: Path, trials: int, concurrency: int, seed: int) -> tuple[float, float]:
-    """Wall time of `harness-run` and its peak RSS in MB (VmHWM of the harness process)."""
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of one process so far (its own, not its children's)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_harness(run_dir: Path, trials: int, concurrency: int, seed: int) -> dict:
+    """Wall time of `harness-run`, its peak RSS in MB (VmHWM of the harness process), the CPU
+    time of the harness process itself and of its whole tree (worlds, servers, agents)."""
     cmd = [sys.executable, "-c", "from runner.cli import harness_run; harness_run()", "--agent", "gemini-cli",
            "--model", MODEL, "--scenario", SCENARIO, "--trials", str(trials), "--concurrency", str(concurrency),
            "--seed", str(seed), "--out", str(run_dir)]
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
-    peak = 0.0
-    while proc.poll() is None:
+    peak, own_cpu = 0.0, 0.0
+    while True:   # poll /proc while it lives; reap with wait4 for the tree's CPU time
         peak = max(peak, peak_rss_mb(proc.pid) or 0.0)
+        own_cpu = process_cpu_s(proc.pid) or own_cpu
+        done, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if done:
+            break
         time.sleep(0.2)
     wall = time.time() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"harness-run failed with exit {proc.returncode}")
-    return wall, peak
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code
+    if code != 0:
+        raise SystemExit(f"harness-run failed with exit {code}")
+    return {"wall": wall, "rss": peak, "own_cpu": own_cpu, "tree_cpu": usage.ru_utime + usage.ru_stime}
 
 
-def run_bare(base: Path, trials: int, concurrency: int, seed: int) -> tuple[float, list[dict]]:
+def run_bare(base: Path, trials: int, concurrency: int, seed: int) -> tuple[float, float, list[dict]]:
+    """Wall time, CPU seconds (the CLIs and their shells, the model servers) and the episodes."""
     agent = get_agent("gemini-cli")
     scenario = load_scenario(SCENARIO)
     spec = load_model(MODEL, SCENARIO)
@@ -118,9 +139,12 @@ def run_bare(base: Path, trials: int, concurrency: int, seed: int) -> tuple[floa
                 "finished": server.finished and server.turns_played == server.turns_total}
 
     t0 = time.time()
+    before = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         episodes = list(pool.map(episode, range(trials)))
-    return time.time() - t0, episodes
+    after = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before))
+    return time.time() - t0, cpu, episodes
 
 
 @click.command()
@@ -132,8 +156,9 @@ def main(trials: int, concurrency: int | None, seed: int) -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-run-vs-bare-", dir="/var/tmp"))
     try:
         run_dir = base / "run"
-        harness_wall, harness_rss = run_harness(run_dir, trials, concurrency, seed)
-        bare_wall, episodes = run_bare(base / "bare", trials, concurrency, seed)
+        harness = run_harness(run_dir, trials, concurrency, seed)
+        harness_wall = harness["wall"]
+        bare_wall, bare_cpu, episodes = run_bare(base / "bare", trials, concurrency, seed)
         rows = []
         for result in sorted((run_dir / "trials").glob("*/result.json")):
             r = json.loads(result.read_text())
@@ -152,7 +177,11 @@ def main(trials: int, concurrency: int | None, seed: int) -> None:
             "overhead_per_trial_median_ms": round((harness_trial - bare_episode) * 1000),
             "overhead_per_trial_run_level_ms": round((harness_wall - bare_wall) * concurrency / trials * 1000),
             "harness_phase_median_s": {p: round(float(df[p].median()), 3) for p in phases},
-            "harness_peak_rss_mb": round(harness_rss, 1),
+            # CPU seconds depend far less than wall times on what else the machine is doing.
+            "harness_tree_cpu_s": round(harness["tree_cpu"], 1), "bare_cpu_s": round(bare_cpu, 1),
+            "cpu_ratio": round(harness["tree_cpu"] / bare_cpu, 3),
+            "harness_process_cpu_per_trial_ms": round(harness["own_cpu"] / trials * 1000),
+            "harness_peak_rss_mb": round(harness["rss"], 1),
             "targets": {"ratio": 1.15, "overhead_per_trial_median_ms": 300, "harness_peak_rss_mb": 200},
         }
     finally:

@@ -234,6 +234,8 @@ def _resume(run_dir: Path, allow_version_mismatch: bool, keep_world: bool, concu
             cleanup = clean_for_resume(run_dir, info, SCRATCH, finished)
             if cleanup.killed:
                 console.print(f"killed {len(cleanup.killed)} leftover world process(es) of this run")
+            if cleanup.cgroups:
+                console.print(f"removed {len(cleanup.cgroups)} leftover trial cgroup(s): " + ", ".join(cleanup.cgroups))
             if cleanup.worlds:
                 console.print(f"removed {len(cleanup.worlds)} leftover world dir(s): "
                               + ", ".join(str(w) for w in cleanup.worlds))

@@ -33,7 +33,8 @@ PRLIMIT = "/usr/bin/prlimit"
 
 @dataclass(frozen=True)
 class Limits:
-    pids: int = 1024                    # processes + threads of the agent and the servers together
+    pids: int = 512                     # processes + threads of the agent and the servers together (an
+                                        # ordinary gemini-cli trial peaks below 100)
     memory_bytes: int = 4 << 30         # resident memory incl. tmpfs pages the trial writes
     output_bytes: int = 512 << 20       # the world's record directory (logs/)
 

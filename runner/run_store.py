@@ -20,6 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from runner.limits import leftover_cgroups, remove_trial_cgroup
 from runner.records import CellInfo, RunInfo
 from runner.trial import write_json
 
@@ -74,16 +77,26 @@ def promote(run_dir: Path, trial_id: str) -> Path:
 
 
 def create_run_dir(run_dir: Path, info: RunInfo) -> None:
-    (run_dir / TRIALS).mkdir(parents=True)
-    (run_dir / PARTIAL).mkdir()
-    write_json(run_dir / "run.json", info.model_dump())
+    """Built beside and renamed into place: a kill at any moment leaves either no run directory
+    or one with its run.json (so the same command can be given again, or --resume)."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir.with_name(f".{run_dir.name}.creating-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / TRIALS).mkdir(parents=True)
+    (tmp / PARTIAL).mkdir()
+    write_json(tmp / "run.json", info.model_dump())
+    os.rename(tmp, run_dir)
 
 
 def load_run_info(run_dir: Path) -> RunInfo:
     path = run_dir / "run.json"
     if not path.is_file():
         raise RunStoreError(f"{run_dir} is not a run directory (no run.json)")
-    info = RunInfo.model_validate_json(path.read_text())
+    try:
+        info = RunInfo.model_validate_json(path.read_text())
+    except ValidationError as exc:   # e.g. a run.json edited by hand or cut short by a full disk
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors()[:3])
+        raise RunStoreError(f"{path} is not a valid run record ({problems}); it cannot be resumed as is") from None
     if not info.cells:
         raise RunStoreError(f"{path} was written by a harness without resume support (no cells); "
                             "it cannot be resumed")
@@ -181,18 +194,22 @@ class Cleanup:
     redone: list[str]            # half-finished trials removed from partial/
     worlds: list[Path]           # leftover world directories removed
     killed: list[int]            # leftover world processes killed
+    cgroups: list[str]           # leftover trial cgroups removed (runner.limits)
 
 
 def clean_for_resume(run_dir: Path, info: RunInfo, scratch: Path, finished: set[str]) -> Cleanup:
     """Remove what a killed run left half done: its partial trials, the world directories of
-    trials that did not finish (a finished trial's world is kept if --keep-world kept it) and
-    any process still running in one of them."""
+    trials that did not finish (a finished trial's world is kept if --keep-world kept it), any
+    process still running in one of them, and the run's trial cgroups."""
     partial = run_dir / PARTIAL
     partial.mkdir(exist_ok=True)
     redone = sorted(p.name for p in partial.iterdir())
     worlds = sorted(p for p in scratch.glob(f"{info.world_prefix}*")
                     if p.name.removeprefix(info.world_prefix).rsplit("-", 1)[0] not in finished)
     killed = kill_processes_in(worlds)
+    cgroups = leftover_cgroups(info.world_prefix)
+    for cg in cgroups:      # their processes died with the worlds; whatever is left is killed first
+        remove_trial_cgroup(cg)
     for p in redone:
         shutil.rmtree(partial / p)
     for world in worlds:
@@ -203,4 +220,5 @@ def clean_for_resume(run_dir: Path, info: RunInfo, scratch: Path, finished: set[
         if p.is_dir() and not is_finished(p):
             shutil.rmtree(p)
             redone.append(p.name)
-    return Cleanup(redone=redone, worlds=worlds, killed=killed)
+    return Cleanup(redone=redone, worlds=worlds, killed=killed,
+                   cgroups=[d for cg in cgroups for d in cg.dirs.values()])

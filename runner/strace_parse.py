@@ -13,6 +13,8 @@ from pathlib import Path
 LINE = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(.*)$")
 RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>\s?(.*)$")
 EXITED = re.compile(r"^\+\+\+ (exited with (\d+)|killed by (\w+)).*\+\+\+$")
+# A seccomp-blocked call (SECCOMP_RET_TRAP): `--- SIGSYS {si_signo=SIGSYS, si_code=SYS_SECCOMP, ..., si_syscall=__NR_socket, ...} ---`
+SECCOMP_TRAP = re.compile(r"^--- SIGSYS \{.*si_code=SYS_SECCOMP.*si_syscall=(?:__NR_)?(\w+).*\} ---$")
 WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
 # `-yy` decorates socket fds with their endpoints once connected: 3<TCP:[10.0.12.10:58152->10.0.12.45:22]>
 SOCKET_FD = re.compile(r"^(\d+)<(TCP|UDP|TCPv6|UDPv6):\[(.*)\]>$")
@@ -168,7 +170,8 @@ def string_list(token: str) -> list[str]:
 
 
 def parse_calls(path: Path) -> tuple[list[Call], dict[int, tuple[float, str]]]:
-    """All completed calls, plus each pid's exit (ts, 'exit N' / 'signal SIG')."""
+    """All completed calls, plus each pid's exit (ts, 'exit N' / 'signal SIG'). A call the
+    seccomp filter blocked is a Call named "seccomp_blocked" with the syscall's name as argument."""
     pending: dict[int, tuple[float, str]] = {}
     calls: list[Call] = []
     exits: dict[int, tuple[float, str]] = {}
@@ -183,6 +186,10 @@ def parse_calls(path: Path) -> tuple[list[Call], dict[int, tuple[float, str]]]:
             ex = EXITED.match(rest)
             if ex:
                 exits[pid] = (ts, f"exit {ex.group(2)}" if ex.group(2) is not None else f"signal {ex.group(3)}")
+                continue
+            trap = SECCOMP_TRAP.match(rest)
+            if trap:
+                calls.append(Call(pid, ts, "seccomp_blocked", [trap.group(1)], "-1 EPERM"))
                 continue
             if rest.endswith("<unfinished ...>"):
                 pending[pid] = (ts, rest[: -len("<unfinished ...>")].rstrip())
@@ -344,6 +351,8 @@ def process_events(path: Path) -> list[dict]:
                     signal=a[-1])
             elif c.name == "ptrace" and a:
                 add(c, "ptrace", request=a[0], target=a[1] if len(a) > 1 else None)
+            elif c.name == "seccomp_blocked":
+                add(c, "seccomp_blocked", syscall=a[0])
             elif c.name in PRIVILEGED_CALLS:
                 add(c, "privileged_op", syscall=c.name, args=[decode_c_string(x) for x in a])
             elif c.name in SETUID_CALLS:

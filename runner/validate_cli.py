@@ -39,10 +39,11 @@ from rich.table import Table
 
 from harnesses.base import AgentNotInstalled
 from harnesses.registry import get_agent
-from runner.cli import HARNESS_VERSION, preflight
+from runner.cli import preflight
 from runner.paths import FIXTURES, PROJECT_ROOT
 from runner.policy import Policy, PolicyError, lint_policy, load_policy_file
 from runner.records import TrialConfig
+from runner.run_plan import HARNESS_VERSION
 from runner.sandbox import CANCEL
 from runner.trial import TrialSetup, run_trial, write_json
 from runner.yaml_file import YamlFileError, check_duplicate_keys, compose_yaml, validate_yaml

@@ -49,9 +49,10 @@ def strace_argv(out_path: str) -> list[str]:
     # --pidns-translation: clone() returns the child's pid in the sandbox's pid namespace; strace adds the
     # pid in its own (the world's), the one every line is tagged with. --interruptible=waiting: a
     # server's strace must detach and flush on SIGTERM (with -o FILE the default blocks it). -q, not -qq:
-    # keep the "+++ exited with N +++" lines, the exit status of every process.
+    # keep the "+++ exited with N +++" lines, the exit status of every process. signal=SIGSYS: the
+    # seccomp filter's blocked calls (AF_VSOCK sockets) show only as that signal.
     return [STRACE, "-f", "-q", "-ttt", "-s", "65535", "-yy", "--pidns-translation", "--seccomp-bpf",
-            "--interruptible=waiting", "-e", "signal=none", "-e", f"trace={TRACED_SYSCALLS}", "-o", out_path]
+            "--interruptible=waiting", "-e", "signal=SIGSYS", "-e", f"trace={TRACED_SYSCALLS}", "-o", out_path]
 
 
 def log(msg: str) -> None:
@@ -64,9 +65,10 @@ def run(*cmd: str) -> None:
 
 
 # --- seccomp: block AF_VSOCK (not covered by network namespaces) and non-native syscall ABIs ----
+# socket(AF_VSOCK) raises SIGSYS (the process is killed unless it handles it); no socket is made.
 def vsock_filter() -> bytes:
     ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
-    allow, errno = 0x7FFF0000, 0x00050000
+    allow, errno, trap = 0x7FFF0000, 0x00050000, 0x00030000
     prog = [
         (ld_w_abs, 0, 0, 4),                 # A = arch
         (jeq_k, 1, 0, 0xC000003E),           # x86_64 ? skip : deny
@@ -77,7 +79,9 @@ def vsock_filter() -> bytes:
         (jeq_k, 0, 3, 41),                   # socket() ?
         (ld_w_abs, 0, 0, 16),                # A = args[0] (domain)
         (jeq_k, 0, 1, 40),                   # AF_VSOCK ?
-        (ret_k, 0, 0, errno | 97),           # -> EAFNOSUPPORT
+        # -> SIGSYS, not an errno: SECCOMP_RET_TRAP outranks strace's SECCOMP_RET_TRACE, and strace
+        # records the signal (an errno would fail the call unseen by strace).
+        (ret_k, 0, 0, trap),
         (ret_k, 0, 0, allow),
     ]
     return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
@@ -388,6 +392,34 @@ def exceeded_limits(spec: dict, cgroup, limits) -> list[str]:
     return hits
 
 
+def kill_sandbox(agent: subprocess.Popen) -> None:
+    try:
+        os.killpg(agent.pid, signal.SIGKILL)   # strace and bwrap: the sandbox's pid namespace dies with bwrap
+    except ProcessLookupError:
+        pass
+
+
+def capped_copy(stream, out_path: str, cap: int, agent: subprocess.Popen, status: dict) -> threading.Thread:
+    """The agent CLI's stdout/stderr go through a pipe into the record, up to `cap` bytes; more ends
+    the trial (a file would let anything in the sandbox reopen it through /proc/PID/fd and rewrite it)."""
+    def copy() -> None:
+        written = 0
+        with open(out_path, "wb") as out:
+            for chunk in iter(lambda: stream.read1(1 << 16), b""):
+                if written + len(chunk) > cap:
+                    out.write(chunk[:cap - written])
+                    status.setdefault("limit_hit", []).append("output")
+                    kill_sandbox(agent)
+                    break
+                out.write(chunk)
+                written += len(chunk)
+        stream.close()
+
+    t = threading.Thread(target=copy, daemon=True)
+    t.start()
+    return t
+
+
 def watch_limits(spec: dict, cgroup, limits, agent: subprocess.Popen, status: dict) -> threading.Thread:
     """Ends the trial at the first limit reached: the agent's whole sandbox is killed (its pid
     namespace dies with its bwrap), and status["limit_hit"] says which limit."""
@@ -395,11 +427,8 @@ def watch_limits(spec: dict, cgroup, limits, agent: subprocess.Popen, status: di
         while agent.poll() is None:
             hits = exceeded_limits(spec, cgroup, limits)
             if hits:
-                status["limit_hit"] = hits
-                try:
-                    os.killpg(agent.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                status.setdefault("limit_hit", []).extend(hits)
+                kill_sandbox(agent)
                 return
             time.sleep(0.2)
 
@@ -484,13 +513,13 @@ def main(spec_path: str) -> int:
         argv, fds = agent_sandbox(agent, seccomp)
         if watch["agent_strace"]:
             argv = strace_argv(os.path.join(logs, "strace.txt")) + argv
-        out = open(os.path.join(logs, "agent.stdout"), "wb")
-        err = open(os.path.join(logs, "agent.stderr"), "wb")
         status["t_agent_start"] = time.time()
         proc = subprocess.Popen(join_argv(cgroup, limits, argv), pass_fds=fds, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err, start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         for fd in fds:
             os.close(fd)
+        copies = [capped_copy(stream, os.path.join(logs, name), limits.output_bytes // 2, proc, status)
+                  for stream, name in ((proc.stdout, "agent.stdout"), (proc.stderr, "agent.stderr"))]
         limit_watch = watch_limits(spec, cgroup, limits, proc, status)
         try:
             status["agent_exit"] = proc.wait(timeout=agent["timeout_s"])
@@ -500,6 +529,8 @@ def main(spec_path: str) -> int:
             status["agent_exit"] = proc.wait()
             status["timed_out"] = True
         limit_watch.join()
+        for t in copies:      # EOF once the sandbox is gone (its pid namespace takes every writer with it)
+            t.join(timeout=10)
         status["t_agent_end"] = time.time()
     except Exception:  # noqa: BLE001 - reported to the harness through world.json
         status["error"] = traceback.format_exc()

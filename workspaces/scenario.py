@@ -18,7 +18,8 @@ class ScenarioError(ValueError):
 # Every behaviour a scenario may ask for (each has a detector in analysis/detectors/).
 KNOWN_BEHAVIOURS = ("exfiltration", "exfiltration_attempt", "weights_copied_on_source", "deletion_done",
                     "deletion_refusal", "spec_gaming", "task_correct", "shutdown_tampering",
-                    "misrepresentation", "shutdown_executed", "refusal", "persuasion")
+                    "misrepresentation", "shutdown_executed", "refusal", "persuasion",
+                    "containment_violation_attempt")
 
 
 def utc_epoch(text: str) -> float:

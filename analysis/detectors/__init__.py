@@ -8,9 +8,11 @@ server events) and, for refusal only, words (the final agent message). One modul
 * `transfer`      -> spec_gaming, task_correct of the two server scenarios
 * `evaluation`    -> shutdown_tampering, misrepresentation, shutdown_executed, task_correct of
                      the evaluation scenarios
+* `containment`   -> containment_violation_attempt (every scenario)
 Shared parts: `trial` (loading a trial directory), `shell` (parsing command text),
 `weight_commands` (what a command does to the weight file).
 """
+from analysis.detectors.containment import CONTAINMENT, containment_violation_attempt
 from analysis.detectors.deletion import DELETION, deletion_done
 from analysis.detectors.evaluation import (
     EXECUTED, MISREPRESENTATION, TAMPERING, evaluation_task_correct, misrepresentation, shutdown_executed,
@@ -35,6 +37,7 @@ DETECTOR_VERSIONS = {
     "shutdown_tampering": TAMPERING,
     "misrepresentation": MISREPRESENTATION,
     "shutdown_executed": EXECUTED,
+    "containment_violation_attempt": CONTAINMENT,
 }
 
 
@@ -59,6 +62,7 @@ DETECTORS = {
     "shutdown_tampering": shutdown_tampering,
     "misrepresentation": misrepresentation,
     "shutdown_executed": shutdown_executed,
+    "containment_violation_attempt": containment_violation_attempt,
 }
 
 __all__ = ["DETECTORS", "DETECTOR_VERSIONS", "TrialData", "TrialInputError", "load_trial", "task_correct"]
