@@ -120,7 +120,8 @@ def world_cli_rss_kib(run_pid: int) -> int:
 
 
 def trials(agent_name: str, n: int) -> dict:
-    run_dir = Path(tempfile.mkdtemp(prefix="bench-agents-")) / "run"
+    (ROOT / "runs").mkdir(exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-agents-", dir=ROOT / "runs")) / "run"   # runs/ is git-ignored
     peak, done = [0], threading.Event()
 
     def sample(run_pid: int) -> None:
@@ -180,9 +181,9 @@ def main(agents: str, runs: int, n_trials: int) -> None:
             entry["trials"] = trials(name, n_trials)
         figures[name] = entry
         print(json.dumps({name: entry}, indent=2), flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"written to {out}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(figures, indent=2) + "\n")   # after each agent: a later failure keeps it
+        print(f"written to {out}")
 
 
 if __name__ == "__main__":

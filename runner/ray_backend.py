@@ -40,6 +40,7 @@ from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rich.console import Console
 
+from analysis.analyze import write_verdicts
 from runner.execute import Tally, trial_progress
 from runner.policy import PolicyError
 from runner.records import CellInfo, RunInfo, TrialResult
@@ -352,8 +353,6 @@ def _describe(refusals: list[NodeRefusal]) -> str:
 def _write_failed(run_dir: Path, planned: PlannedTrial, info: RunInfo, res: Resources, keep_world: bool,
                   reason: str, placement: Placement) -> Path:
     """Record a trial that no node finished as invalid, with its config and null verdicts."""
-    from analysis.analyze import write_verdicts
-
     trial_dir = partial_dir(run_dir, planned.trial_id)
     shutil.rmtree(trial_dir, ignore_errors=True)
     trial_dir.mkdir(parents=True)

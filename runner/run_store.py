@@ -4,10 +4,9 @@
     RUN_DIR/trials/<id>/      finished trials only: a trial is built in partial/<id>/ and moved
                               here by one atomic rename once result.json and verdicts.json are final
     RUN_DIR/partial/<id>/     trials being run (or cut short by a kill); a resume removes and redoes them
-    RUN_DIR/.lock             held (flock) by the process working on the run
 
 So a run killed at any moment (kill -9 included) has lost nothing finished, and nothing in
-trials/ is ever half written.
+trials/ is ever half written. The process working on a run holds a flock on RUN_DIR itself.
 """
 from __future__ import annotations
 
@@ -104,23 +103,22 @@ def load_run_info(run_dir: Path) -> RunInfo:
 
 
 class RunLock:
-    """Exclusive lock on a run directory for the life of this process (released by the kernel
-    even after kill -9), so two processes never work on one run."""
+    """Exclusive lock on a run directory for the life of this process (flock on the directory
+    itself: nothing is written into the run, and the kernel releases it even after kill -9), so
+    two processes never work on one run."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
+        self.run_dir = run_dir
         self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise RunStoreError(f"another harness-run (pid {holder}) is working on {self.path.parent}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+            raise RunStoreError(f"another harness-run is working on {self.run_dir}; wait for it to end "
+                                "(or stop it) before resuming") from None
         self.fd = fd
         return self
 

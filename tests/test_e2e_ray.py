@@ -39,6 +39,7 @@ CELLS = ["gemini-cli/scripted:population/exfiltration-deletion/good/memory/peer"
 TRIALS_PER_CELL = 5                      # enough that trials still wait when the lacking node joins
 HEAD_IP, NODE_IP, LACKING_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"   # loopback: Ray refuses 127.0.0.1 itself
 NODE_MEMORY = str(80 * 10**6)          # object store per node (bytes): trial archives are small
+AUTH = {"RAY_AUTH_MODE": "disabled"}   # loopback only; with it unset, a token in ~/.ray would be required
 
 
 def _free_port() -> int:
@@ -82,7 +83,7 @@ class LocalCluster:
         log = self.temp_dir / f"start-{ip}.log"
         with open(log, "w") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True,
-                                    env={**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})})
+                                    env={**os.environ, **AUTH, **(env or {})})
         self.sessions.add(proc.pid)      # a new session's id is its leader's pid
         assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
 
@@ -161,7 +162,7 @@ exclude:
     with open(log, "w") as out:
         driver = subprocess.Popen([*RUN, "--grid", str(grid), "--out", str(run_dir), "--seed", str(SEED),
                                    "--timeout", "180", "--backend", "ray", "--address", cluster.address],
-                                  stdout=out, stderr=out)
+                                  stdout=out, stderr=out, env={**os.environ, **AUTH})
     try:
         prefix = _wait_for(lambda: (run_dir / "run.json").exists()
                            and json.loads((run_dir / "run.json").read_text())["world_prefix"], "run.json")
