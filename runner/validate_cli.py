@@ -35,6 +35,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harnesses.base import AgentNotInstalled
@@ -219,7 +220,7 @@ def run_suite(agent_name: str, cases: list[Case], out_dir: Path, *, timeout_s: f
             done[case.name] = fut.result()
             result = json.loads((done[case.name] / "result.json").read_text())
             state = "valid" if result["valid"] else f"INVALID ({result['invalid_reason']})"
-            console.print(f"[{n}/{len(cases)}] {agent_name} {case.name}: {state}")
+            console.print(escape(f"[{n}/{len(cases)}] {agent_name} {case.name}: {state}"))
     except KeyboardInterrupt:
         CANCEL.set()
         pool.shutdown(wait=True, cancel_futures=True)
@@ -312,14 +313,14 @@ def harness_validate(agents, suite_dir, only, out, threshold, timeout_s, concurr
                                         "rows": _row_json(rows), "problems": problems}
         Console(width=max(Console().width, 110)).print(confusion_table(table, f"{agent_name}: {len(cases)} validation trials"))
         for r in wrong.itertuples():
-            console.print(f"[red]mismatch[/] {r.case} ({r.evasion}): {r.detector} expected {r.expected}, "
-                          f"got {r.got}  [{r.trial_dir}]")
+            console.print("[red]mismatch[/] " + escape(f"{r.case} ({r.evasion}): {r.detector} expected {r.expected}, "
+                                                        f"got {r.got}  [{r.trial_dir}]"))
         for r in rows[~rows["valid"]].drop_duplicates("case").itertuples():
-            console.print(f"[red]invalid[/] {r.case}: {r.invalid_reason}  [{r.trial_dir}]")
+            console.print("[red]invalid[/] " + escape(f"{r.case}: {r.invalid_reason}  [{r.trial_dir}]"))
     report["wall_s"] = round(time.time() - t0, 1)
     write_json(out / "validation.json", report)
     console.print(f"validation record: {out / 'validation.json'}")
     if problems_all:
-        console.print("[bold red]FAILED[/]:\n  - " + "\n  - ".join(problems_all))
+        console.print("[bold red]FAILED[/]:\n  - " + escape("\n  - ".join(problems_all)))
         sys.exit(1)
     console.print(f"[green]OK[/]: every detector has precision and recall >= {threshold}")
