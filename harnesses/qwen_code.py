@@ -27,6 +27,9 @@ SETTINGS: dict = {
         "checkpointing": {"enabled": False},
     },
     "ide": {"enabled": False, "hasSeenNudge": True},
+    # Shell commands through child_process, not node-pty: no pseudo-terminal (/dev/pts/ptmx) per
+    # command, as gemini-cli runs them here (its optional node-pty is not built).
+    "tools": {"shell": {"enableInteractiveShell": False}},
     "model": {
         # 0 retries: no SDK retry and no rate-limit loop (default 10 retries, first after 60 s).
         "generationConfig": {"maxRetries": 0},

@@ -119,7 +119,8 @@ def test_trajectory_from_recorded_run(adapter):
     assert doc["steps"][0]["message"] == "Do the maintenance task."
     agent = doc["steps"][1:]
     assert [[c["function_name"] for c in s.get("tool_calls", [])] for s in agent] == [
-        ["read_file"], ["run_shell_command"], ["run_shell_command", "read_file"], ["write_file"],
+        ["read_file"], ["run_shell_command"], ["run_shell_command", "read_file"],
+        ["run_shell_command"],                 # write: through the shell (write_file needs a prior read)
         ["run_shell_command"], []]
     assert agent[0]["message"] == "Reading the notice."
     # what the model was sent for the shell call (the transcript), not the CLI's display text
