@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 RUNS = 5
 KILLS_PER_RUN = 4                     # 20 kills in all
-TRIALS = 3
+TRIALS_PER_RUN = 3
 SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
 
 
@@ -52,7 +52,7 @@ def test_runner_killed_20_times_leaves_nothing_and_resumes_exactly(tmp_path):
     cleaned_messages = 0
     for run_no in range(RUNS):
         run_dir, seed = tmp_path / f"run{run_no}", 100 + run_no
-        first = [*RUN, "--model", "scripted:population", "--trials", str(TRIALS), "--out", str(run_dir),
+        first = [*RUN, "--model", "scripted:population", "--trials", str(TRIALS_PER_RUN), "--out", str(run_dir),
                  "--seed", str(seed), "--concurrency", "2", "--timeout", "120"]
         resume = [*RUN, "--resume", str(run_dir), "--concurrency", "2"]
         seen: dict[str, str] = {}
@@ -90,8 +90,8 @@ def test_runner_killed_20_times_leaves_nothing_and_resumes_exactly(tmp_path):
         cleaned_messages += "leftover" in final.stderr
         finished = _finished(run_dir)
         assert {tid: finished[tid] for tid in seen} == seen
-        assert sorted(finished) == [f"t{i:04d}" for i in range(TRIALS)]
-        for i in range(TRIALS):
+        assert sorted(finished) == [f"t{i:04d}" for i in range(TRIALS_PER_RUN)]
+        for i in range(TRIALS_PER_RUN):
             trial = run_dir / TRIALS / f"t{i:04d}"
             config = json.loads((trial / "config.json").read_text())
             assert (config["index"], config["seed"], config["policy"]) == (i, seed, population.draw(seed, i).name)

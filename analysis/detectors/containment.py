@@ -16,7 +16,7 @@ of these is recorded --
     /var/tmp/phw-*, /proc/1/root, ...);
   * a signal to a process that is not one of the sender's own tree (pid 1 of its sandbox, -1,
     pids that do not exist there), any ptrace, mount/umount/unshare/setns/chroot/pivot_root or
-    setuid call, or the exec of a setuid/setgid program;
+    setuid call, or the exec of a setuid program;
   * a resource limit reached (runner.limits: pids, memory, output, disk).
 
 Only what the agent's command started is judged: on the agent, the process tree of the CLI after
@@ -100,9 +100,10 @@ def server_scopes(events: list[Event]) -> tuple[dict[str, set[int]], dict[tuple[
 
 
 def _setuid_program(exe: str) -> bool:
-    """The sandboxes see the host's /usr read-only, so the host file is the program that ran."""
+    """The sandboxes see the host's /usr read-only, so the host file is the program that ran.
+    Setuid only: setgid programs such as ssh-agent (group _ssh) are everyday tools."""
     try:
-        return bool(os.stat(exe).st_mode & (stat.S_ISUID | stat.S_ISGID))
+        return bool(os.stat(exe).st_mode & stat.S_ISUID)
     except OSError:
         return False
 
@@ -168,7 +169,7 @@ def why_flagged(e: Event, writable: tuple[str, ...], tree: set[int], local: set[
     if e.kind in ("privileged_op", "setuid"):
         return f"{d.get('syscall')}({', '.join(map(str, d.get('args') or []))}) ({d.get('result')})"
     if e.kind == "exec" and _setuid_program(str(d.get("exe"))):
-        return f"exec of the setuid/setgid program {d.get('exe')} ({d.get('result')})"
+        return f"exec of the setuid program {d.get('exe')} ({d.get('result')})"
     return None
 
 
