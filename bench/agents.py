@@ -1,22 +1,20 @@
-"""Per-trial wall time and peak memory of every registered agent CLI (default: opencode and
-qwen-code; codex and claude-code have bench/agents_codex_claude.py, whose helpers this reuses).
+"""Per-trial wall time and peak memory of every registered agent CLI (default: all of them).
 
 Two measurements per agent:
 1. Bare episodes: the CLI launched on the host (adapter host_command / env / prepared HOME)
-   against a ScriptedModelServer playing the same 3-reply local policy as
-   agents_codex_claude.py, sequentially; the process tree's summed VmRSS sampled from /proc
-   every 20 ms: wall time, time to the first model request, peak tree RSS.
+   against a ScriptedModelServer playing a 3-reply local policy (two shell calls in two
+   replies, a read, a final answer), sequentially; the process tree's summed VmRSS sampled from
+   /proc every 20 ms: wall time, time to the first model request, peak tree RSS.
 2. Trials: `harness-run --agent A --trials N --model scripted:exfiltrate --concurrency 1` (real
    worlds: sandboxed, under strace, recorded): median per-trial and per-phase times from every
    result.json, and the peak summed VmRSS of the CLI's process tree inside the worlds of that
    run (the host sees the world's processes; see world_cli_rss_kib).
 
-    python bench/agents.py [--agents opencode,qwen-code] [--runs 3] [--trials 3]
+    python bench/agents.py [--agents codex,claude-code] [--runs 3] [--trials 3]
 
 Prints and writes bench/results/agents.json (merged: agents not measured keep their figures)."""
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import os
@@ -34,14 +32,57 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harnesses.base import AgentPaths  # noqa: E402
-from harnesses.registry import SANDBOX_AGENT_DIR, get_agent  # noqa: E402
+from harnesses.registry import AGENTS, SANDBOX_AGENT_DIR, get_agent  # noqa: E402
 from runner.model_server import ScriptedModelServer  # noqa: E402
 from runner.policy import load_policy_file  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("agents_codex_claude", Path(__file__).with_name("agents_codex_claude.py"))
-_shared = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_shared)
-POLICY, tree_rss_kib, summary = _shared.POLICY, _shared.tree_rss_kib, _shared._summary
+POLICY = """name: bench
+turns:
+  - say: Creating the first file.
+    shell: echo step1 > step1.txt && ls -la
+  - say: Reading it back and listing.
+    calls: [{read: step1.txt}, {shell: "cat step1.txt > out.txt && wc -c out.txt"}]
+  - say: Done.
+"""
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        kids.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return kids
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(root: int, kids: dict[int, list[int]]) -> list[int]:
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += kids.get(pid, [])
+    return out
+
+
+def tree_rss_kib(root: int) -> int:
+    """Summed VmRSS of ``root`` and all its descendants."""
+    return sum(_rss_kib(pid) for pid in _descendants(root, _children()))
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
 def _prepare(agent, home: Path, endpoint: str) -> None:
@@ -66,8 +107,7 @@ def bare_episode(agent_name: str, work: Path) -> dict:
                                  memory_marker="bench-marker").start()
     try:
         _prepare(agent, home, server.url)
-        paths = AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp))
-        env = agent.host_env(paths, server.url) if hasattr(agent, "host_env") else agent.env(paths, server.url)
+        env = agent.host_env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
         peak, done = [0], threading.Event()
         t0 = time.time()
         proc = subprocess.Popen(agent.host_command("Do the task.", "stub-model"), cwd=ws, env=env,
@@ -92,21 +132,12 @@ def bare_episode(agent_name: str, work: Path) -> dict:
             "peak_tree_rss_mb": peak[0] / 1024, "requests": len(rows)}
 
 
-def _descendants(root: int, kids: dict[int, list[int]]) -> list[int]:
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += kids.get(pid, [])
-    return out
-
-
 def world_cli_rss_kib(run_pid: int) -> int:
     """Summed VmRSS of the agent CLI's process tree in the worlds of one harness-run (pid
     `run_pid`): every descendant whose argv[0] runs from the sandbox's mounts (or the opencode
     sh wrapper), with its own descendants (tool commands). strace and bwrap, whose command lines
     merely contain the CLI's, are left out; so are other runs on the machine."""
-    kids = _shared._children()
+    kids = _children()
     roots = []
     for pid in _descendants(run_pid, kids):
         try:
@@ -116,7 +147,7 @@ def world_cli_rss_kib(run_pid: int) -> int:
         if argv[0].startswith(b"/opt/peer-harness/") or (argv[0] == b"/bin/sh" and SANDBOX_AGENT_DIR.encode() in b" ".join(argv)):
             roots.append(pid)
     tree = {pid for root in roots for pid in _descendants(root, kids)}
-    return sum(_shared._rss_kib(pid) for pid in tree)
+    return sum(_rss_kib(pid) for pid in tree)
 
 
 def trials(agent_name: str, n: int) -> dict:
@@ -153,7 +184,7 @@ def trials(agent_name: str, n: int) -> dict:
 
 
 @click.command()
-@click.option("--agents", default="opencode,qwen-code", show_default=True)
+@click.option("--agents", default=",".join(AGENTS), show_default=True)
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Bare episodes per agent.")
 @click.option("--trials", "n_trials", type=click.IntRange(min=0), default=3, show_default=True,
               help="harness-run trials per agent (0: skip).")

@@ -52,6 +52,19 @@ class AgentPaths:
     tmp: str = "/tmp"
 
 
+def plain_env(paths: AgentPaths) -> dict[str, str]:
+    """The variables every CLI process starts with (before its own): system PATH, the trial
+    HOME and TMPDIR, no terminal features, UTF-8."""
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": paths.home.rstrip("/") or "/",
+        "TMPDIR": paths.tmp,
+        "TERM": "dumb",
+        "LANG": "C.UTF-8",
+        "NO_COLOR": "1",
+    }
+
+
 class AgentAdapter:
     name: ClassVar[str]
     npm_package: ClassVar[str]
@@ -63,6 +76,7 @@ class AgentAdapter:
     wire_protocol: ClassVar[str]
     entrypoint: ClassVar[str]           # JS/binary path inside the npm prefix
     npm_install_args: ClassVar[tuple[str, ...]] = ()   # extra `npm install` flags (e.g. --ignore-scripts)
+    node_script: ClassVar[bool] = False  # entrypoint is a JS file the pinned Node runs (else a binary)
 
     # --- installation -------------------------------------------------------------------
     @classmethod
@@ -102,9 +116,24 @@ class AgentAdapter:
         """Complete environment of the CLI process (it starts from an empty one)."""
         raise NotImplementedError
 
+    def host_env(self, paths: AgentPaths, endpoint: str) -> dict[str, str]:
+        """env() for a run outside the sandbox (tests, benches): the same unless an adapter says."""
+        return self.env(paths, endpoint)
+
+    def _argv(self, launcher: list[str], prompt: str, model: str) -> list[str]:
+        """argv of the headless run after ``launcher`` (the binary, or node and the script)."""
+        raise NotImplementedError
+
     def command(self, prompt: str, model: str) -> list[str]:
         """argv of the headless run; executables must be absolute paths visible in the sandbox."""
-        raise NotImplementedError
+        node_dir, agent_dir = sandbox_dirs()
+        entry = f"{agent_dir}/{self.entrypoint}"
+        return self._argv([f"{node_dir}/bin/node", entry] if self.node_script else [entry], prompt, model)
+
+    def host_command(self, prompt: str, model: str) -> list[str]:
+        """The same argv with host paths (runs outside the sandbox, e.g. in tests)."""
+        entry = str(self.entry_path())
+        return self._argv([str(node_bin_dir() / "node"), entry] if self.node_script else [entry], prompt, model)
 
     def native_logs(self, home: Path, tmp: Path) -> list[Path]:
         """Host paths of the CLI's own logs worth keeping after the run."""

@@ -8,10 +8,11 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
-from harnesses.base import AgentAdapter, AgentPaths, sandbox_dirs
+from harnesses.base import AgentAdapter, AgentPaths, plain_env
 from harnesses.native_output import (
-    add_call, class_for_message, class_for_status, new_turn, owner_of, read_jsonl, read_text, steps_from_items,
-    sum_metrics, trajectory_doc)
+    add_call, class_for_message, class_for_status, files_below, new_turn, note_session_log, owner_of,
+    pick_session_log, read_jsonl, read_stdout_events, read_text, steps_from_items, stream_json_final, sum_metrics,
+    trajectory_doc)
 
 # Managed settings and managed CLAUDE.md live here on Linux (hard-coded in the CLI). The sandbox
 # shows the host's /etc read-only, so anything there would reach the agent's context.
@@ -39,16 +40,11 @@ class ClaudeCode(AgentAdapter):
         (Path(home) / ".claude").mkdir(parents=True, exist_ok=True)
 
     def env(self, paths: AgentPaths, endpoint: str) -> dict[str, str]:
-        home = paths.home.rstrip("/") or "/"
+        base = plain_env(paths)
         return {
-            "PATH": "/usr/bin:/bin",
-            "HOME": home,
-            "CLAUDE_CONFIG_DIR": f"{home}/.claude",
-            "TMPDIR": paths.tmp,
+            **base,
+            "CLAUDE_CONFIG_DIR": f"{base['HOME']}/.claude",
             "SHELL": "/bin/bash",
-            "TERM": "dumb",
-            "LANG": "C.UTF-8",
-            "NO_COLOR": "1",
             "ANTHROPIC_BASE_URL": endpoint.rstrip("/"),   # the CLI appends /v1/messages
             "ANTHROPIC_API_KEY": "dummy",                   # sent as x-api-key
             # Without it the CLI resolves api.anthropic.com and sends a title-generation request.
@@ -69,24 +65,15 @@ class ClaudeCode(AgentAdapter):
             env["IS_SANDBOX"] = "1"
         return env
 
-    def _argv(self, binary: str, prompt: str, model: str) -> list[str]:
-        return [binary, "-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions",
+    def _argv(self, launcher: list[str], prompt: str, model: str) -> list[str]:
+        return [*launcher, "-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions",
                 "--model", model, "--", prompt]
-
-    def command(self, prompt: str, model: str) -> list[str]:
-        _, agent_dir = sandbox_dirs()
-        return self._argv(f"{agent_dir}/{self.entrypoint}", prompt, model)
-
-    def host_command(self, prompt: str, model: str) -> list[str]:
-        """The same argv with host paths (runs outside the sandbox, e.g. in tests)."""
-        return self._argv(str(self.entry_path()), prompt, model)
 
     # --- after the run --------------------------------------------------------------------
     def native_logs(self, home: Path, tmp: Path) -> list[Path]:
         """Session transcripts ($CLAUDE_CONFIG_DIR/projects/<cwd slug>/<session>.jsonl, and
         subagent transcripts below them)."""
-        projects = Path(home) / ".claude" / "projects"
-        return sorted(p for p in projects.rglob("*.jsonl") if p.is_file()) if projects.is_dir() else []
+        return files_below(Path(home) / ".claude" / "projects", "*.jsonl")
 
     def error_class(self, stdout: str, stderr: str, exit_code: int | None) -> str | None:
         return classify_error(stdout, stderr, exit_code)
@@ -213,21 +200,14 @@ def build_trajectory(native_dir: Path, model: str, version: str = ClaudeCode.ver
     """ATIF v1.7 from native_dir/logs/<session>.jsonl (the transcript: prompt, timestamps) and
     native_dir/stdout.txt (stream-json: init, result, usage; fallback for the turns)."""
     notes: dict = {}
-    stdout_path = native_dir / "stdout.txt"
-    events, bad_stdout = read_jsonl(read_text(stdout_path))
-    if not stdout_path.exists():
-        notes["stdout_missing"] = True
-    if bad_stdout:
-        notes["skipped_stdout_lines"] = bad_stdout
+    events = read_stdout_events(native_dir, notes)
     init = next((e for e in events if e.get("type") == "system" and e.get("subtype") == "init"), {})
     result = next((e for e in reversed(events) if e.get("type") == "result"), None)
     session_id = init.get("session_id") or (result or {}).get("session_id")
 
     logs = native_dir / "logs"
     transcripts = sorted(p for p in logs.glob("*.jsonl") if p.is_file()) if logs.is_dir() else []
-    chosen = next((p for p in transcripts if session_id and p.stem == session_id), None)
-    if chosen is None and transcripts:
-        chosen = max(transcripts, key=lambda p: p.stat().st_size)
+    chosen = pick_session_log(transcripts, session_id)
     stream_items = _items(events, {})
     items, sources = stream_items, ["stream-json"] if events else []
     if chosen is not None:
@@ -240,11 +220,7 @@ def build_trajectory(native_dir: Path, model: str, version: str = ClaudeCode.ver
             notes.update(log_notes)
         else:
             notes["transcript_behind_stdout"] = True
-        notes["session_log"] = str(chosen.relative_to(native_dir))
-        if bad:
-            notes["skipped_session_lines"] = bad
-        if len(transcripts) > 1:
-            notes["other_session_logs"] = [str(p.relative_to(native_dir)) for p in transcripts if p != chosen]
+        note_session_log(notes, native_dir, chosen, transcripts, bad)
     if "cli_error_messages" not in notes:
         errors = _synthetic_texts(events)
         if errors:
@@ -255,16 +231,8 @@ def build_trajectory(native_dir: Path, model: str, version: str = ClaudeCode.ver
     steps = steps_from_items(items)
     final = sum_metrics(steps)
     if result is not None:
-        usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
-        if not final and usage:
-            final = {"total_prompt_tokens": usage.get("input_tokens"),
-                     "total_completion_tokens": usage.get("output_tokens"),
-                     "total_cached_tokens": usage.get("cache_read_input_tokens")}
         # The CLI prices tokens by its own table even for a scripted model: kept as reported.
-        final["extra"] = {k: result.get(k) for k in ("num_turns", "duration_ms", "total_cost_usd", "usage")
-                          if result.get(k) is not None}
-        notes["status"] = result.get("subtype")
-        notes["is_error"] = bool(result.get("is_error"))
+        final = stream_json_final(final, result, ("num_turns", "duration_ms", "total_cost_usd", "usage"), notes)
         if result.get("api_error_status") is not None:
             notes["api_error_status"] = result["api_error_status"]
         if result.get("permission_denials"):

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import ClassVar
 
-from harnesses.base import AgentAdapter, AgentPaths, sandbox_dirs
+from harnesses.base import AgentAdapter, AgentPaths, plain_env
 from harnesses.native_output import (
-    add_call, class_for_message, class_for_status, new_turn, owner_of, read_jsonl, read_text, steps_from_items,
-    sum_metrics, trajectory_doc)
+    add_call, class_for_message, class_for_status, files_below, new_turn, note_session_log, owner_of, read_jsonl,
+    read_stdout_events, read_text, steps_from_items, sum_metrics, trajectory_doc)
 
 PROVIDER = "scripted"          # the model provider the config defines (any name but the built-ins)
 API_KEY_ENV = "MODEL_API_KEY"  # env var holding the (dummy) key; sent as "Authorization: Bearer"
@@ -70,41 +70,23 @@ class Codex(AgentAdapter):
         (cdir / "config.toml").write_text(config_toml(endpoint or SANDBOX_MODEL_ENDPOINT))
 
     def env(self, paths: AgentPaths, endpoint: str) -> dict[str, str]:
-        home = paths.home.rstrip("/") or "/"
+        base = plain_env(paths)
         return {
-            "PATH": "/usr/bin:/bin",
-            "HOME": home,
-            "CODEX_HOME": f"{home}/.codex",
-            "TMPDIR": paths.tmp,
+            **base,
+            "CODEX_HOME": f"{base['HOME']}/.codex",
             "SHELL": "/bin/bash",
-            "TERM": "dumb",
-            "LANG": "C.UTF-8",
-            "NO_COLOR": "1",
             API_KEY_ENV: "dummy",
         }
 
-    def host_env(self, paths: AgentPaths, endpoint: str) -> dict[str, str]:
-        """env() for a run outside the sandbox (tests, benches): the same."""
-        return self.env(paths, endpoint)
-
-    def _argv(self, binary: str, prompt: str, model: str) -> list[str]:
+    def _argv(self, launcher: list[str], prompt: str, model: str) -> list[str]:
         # `--` keeps a prompt that starts with "-" (or names a subcommand) a prompt.
-        return [binary, "exec", "--json", "--color", "never", "-m", model, "--", prompt]
-
-    def command(self, prompt: str, model: str) -> list[str]:
-        _, agent_dir = sandbox_dirs()
-        return self._argv(f"{agent_dir}/{self.entrypoint}", prompt, model)
-
-    def host_command(self, prompt: str, model: str) -> list[str]:
-        """The same argv with host paths (runs outside the sandbox, e.g. in tests)."""
-        return self._argv(str(self.entry_path()), prompt, model)
+        return [*launcher, "exec", "--json", "--color", "never", "-m", model, "--", prompt]
 
     # --- after the run --------------------------------------------------------------------
     def native_logs(self, home: Path, tmp: Path) -> list[Path]:
         """The session rollouts ($CODEX_HOME/sessions/YYYY/MM/DD/rollout-*.jsonl): every item
         sent to and received from the model, with per-response token usage."""
-        sessions = Path(home) / ".codex" / "sessions"
-        return sorted(p for p in sessions.rglob("rollout-*.jsonl") if p.is_file()) if sessions.is_dir() else []
+        return files_below(Path(home) / ".codex" / "sessions", "rollout-*.jsonl")
 
     def error_class(self, stdout: str, stderr: str, exit_code: int | None) -> str | None:
         return classify_error(stdout, stderr, exit_code)
@@ -288,12 +270,7 @@ def build_trajectory(native_dir: Path, model: str, version: str = Codex.version,
     """ATIF v1.7 from native_dir/logs/rollout-*.jsonl (preferred: exactly what the model saw
     and answered) and native_dir/stdout.txt (`exec --json`; status, usage, fallback)."""
     notes: dict = {}
-    stdout_path = native_dir / "stdout.txt"
-    events, bad_stdout = read_jsonl(read_text(stdout_path))
-    if not stdout_path.exists():
-        notes["stdout_missing"] = True
-    if bad_stdout:
-        notes["skipped_stdout_lines"] = bad_stdout
+    events = read_stdout_events(native_dir, notes)
     thread = next((e for e in events if e.get("type") == "thread.started"), {})
 
     logs = native_dir / "logs"
@@ -303,11 +280,7 @@ def build_trajectory(native_dir: Path, model: str, version: str = Codex.version,
     records: list[dict] = []
     if chosen is not None:
         records, bad = read_jsonl(read_text(chosen))
-        notes["session_log"] = str(chosen.relative_to(native_dir))
-        if bad:
-            notes["skipped_session_lines"] = bad
-        if len(rollouts) > 1:
-            notes["other_session_logs"] = [str(p.relative_to(native_dir)) for p in rollouts if p != chosen]
+        note_session_log(notes, native_dir, chosen, rollouts, bad)
     items, info = _rollout_items(records, notes)
     sources = (["rollout"] if records else []) + (["exec-json"] if events else [])
     if not any(i["kind"] == "agent" for i in items):

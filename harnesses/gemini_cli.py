@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from harnesses.atif import SCHEMA_VERSION, validate_trajectory
-from harnesses.base import AgentAdapter, AgentPaths, node_bin_dir, sandbox_dirs
-from harnesses.native_output import class_for_status, read_jsonl, read_text
+from harnesses.base import AgentAdapter, AgentPaths, plain_env
+from harnesses.native_output import class_for_status, files_below, read_jsonl, read_stdout_events, read_text
 
 # Settings pinned for every trial (verified against the 0.61.0 bundle's SETTINGS_SCHEMA).
 SETTINGS: dict = {
@@ -51,6 +51,7 @@ class GeminiCli(AgentAdapter):
     family: ClassVar[str] = "Gemini"
     wire_protocol: ClassVar[str] = "gemini"
     entrypoint: ClassVar[str] = "node_modules/@google/gemini-cli/bundle/gemini.js"
+    node_script: ClassVar[bool] = True
 
     # --- per trial ----------------------------------------------------------------------
     def prepare_home(self, home: Path) -> None:
@@ -59,15 +60,11 @@ class GeminiCli(AgentAdapter):
         (gdir / "settings.json").write_text(json.dumps(SETTINGS, indent=2) + "\n")
 
     def env(self, paths: AgentPaths, endpoint: str) -> dict[str, str]:
-        home = paths.home.rstrip("/") or "/"
+        base = plain_env(paths)
+        home = base["HOME"]
         return {
-            "PATH": "/usr/bin:/bin",
-            "HOME": home,
+            **base,
             "GEMINI_CLI_HOME": home,           # the CLI's own home override (same dir)
-            "TMPDIR": paths.tmp,
-            "TERM": "dumb",
-            "LANG": "C.UTF-8",
-            "NO_COLOR": "1",
             "NO_BROWSER": "1",
             "GEMINI_API_KEY": "dummy",
             "GOOGLE_GEMINI_BASE_URL": endpoint.rstrip("/"),
@@ -78,16 +75,8 @@ class GeminiCli(AgentAdapter):
             "GEMINI_CLI_SYSTEM_DEFAULTS_PATH": f"{home}/.gemini/system-defaults.json",
         }
 
-    def _argv(self, node: str, entry: str, prompt: str, model: str) -> list[str]:
-        return [node, entry, "-p", prompt, "--yolo", "--output-format", "stream-json", "-m", model]
-
-    def command(self, prompt: str, model: str) -> list[str]:
-        node_dir, agent_dir = sandbox_dirs()
-        return self._argv(f"{node_dir}/bin/node", f"{agent_dir}/{self.entrypoint}", prompt, model)
-
-    def host_command(self, prompt: str, model: str) -> list[str]:
-        """The same argv with host paths (runs outside the sandbox, e.g. in tests)."""
-        return self._argv(str(node_bin_dir() / "node"), str(self.entry_path()), prompt, model)
+    def _argv(self, launcher: list[str], prompt: str, model: str) -> list[str]:
+        return [*launcher, "-p", prompt, "--yolo", "--output-format", "stream-json", "-m", model]
 
     # --- after the run --------------------------------------------------------------------
     def native_logs(self, home: Path, tmp: Path) -> list[Path]:
@@ -285,8 +274,7 @@ def _token_metrics(tokens) -> dict | None:
 
 
 def _pick_session(native_dir: Path, session_id: str | None) -> tuple[Path | None, dict, list[dict], int, list[str]]:
-    logs = native_dir / "logs"
-    files = sorted(p for p in logs.rglob("*.jsonl") if p.is_file()) if logs.is_dir() else []
+    files = files_below(native_dir / "logs", "*.jsonl")
     best: tuple | None = None
     others: list[str] = []
     for path in files:
@@ -409,12 +397,7 @@ def build_trajectory(native_dir: Path, model: str, version: str = GeminiCli.vers
     """ATIF v1.7 dict from native_dir/stdout.txt (-o stream-json) and native_dir/logs/ (copies
     of the session transcript; optional). Tolerates truncated or garbled output."""
     notes: dict = {}
-    stdout_path = native_dir / "stdout.txt"
-    events, bad_stdout = read_jsonl(read_text(stdout_path))
-    if not stdout_path.exists():
-        notes["stdout_missing"] = True
-    if bad_stdout:
-        notes["skipped_stdout_lines"] = bad_stdout
+    events = read_stdout_events(native_dir, notes)
     items, info = _stream_items(events, notes)
     init, result = info["init"] or {}, info["result"]
     session_id = init.get("session_id")

@@ -51,6 +51,39 @@ def read_text(path: Path) -> str:
         return ""
 
 
+def files_below(root: Path, pattern: str) -> list[Path]:
+    """The files below ``root`` that match the rglob ``pattern``, sorted; none if root is missing."""
+    return sorted(p for p in root.rglob(pattern) if p.is_file()) if root.is_dir() else []
+
+
+def read_stdout_events(native_dir: Path, notes: dict) -> list[dict]:
+    """The JSON events of native_dir/stdout.txt; notes a missing file and garbled lines."""
+    stdout_path = native_dir / "stdout.txt"
+    events, bad_stdout = read_jsonl(read_text(stdout_path))
+    if not stdout_path.exists():
+        notes["stdout_missing"] = True
+    if bad_stdout:
+        notes["skipped_stdout_lines"] = bad_stdout
+    return events
+
+
+def pick_session_log(logs: list[Path], session_id: str | None) -> Path | None:
+    """The transcript named after the session, else the largest one (the main session)."""
+    chosen = next((p for p in logs if session_id and p.stem == session_id), None)
+    if chosen is None and logs:
+        chosen = max(logs, key=lambda p: p.stat().st_size)
+    return chosen
+
+
+def note_session_log(notes: dict, native_dir: Path, chosen: Path, logs: list[Path], bad_lines: int) -> None:
+    """Which kept session log the trajectory was read from, its garbled lines and the others."""
+    notes["session_log"] = str(chosen.relative_to(native_dir))
+    if bad_lines:
+        notes["skipped_session_lines"] = bad_lines
+    if len(logs) > 1:
+        notes["other_session_logs"] = [str(p.relative_to(native_dir)) for p in logs if p != chosen]
+
+
 def class_for_status(status: int) -> str:
     """The error class of an HTTP status a provider answered with."""
     if status == 429:
@@ -156,6 +189,20 @@ def trajectory_doc(*, agent: dict, steps: list[dict], final: dict, notes: dict, 
     if note_text:
         doc["notes"] = note_text
     return validate_trajectory(doc).to_json_dict()
+
+
+def stream_json_final(final: dict, result: dict, extra_keys: tuple[str, ...], notes: dict) -> dict:
+    """Final metrics and run status from the `result` event that ends a stream-json run (Claude
+    Code and the CLIs shaped like it): its usage stands in when the steps carry no metrics."""
+    usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
+    if not final and usage:
+        final = {"total_prompt_tokens": usage.get("input_tokens"),
+                 "total_completion_tokens": usage.get("output_tokens"),
+                 "total_cached_tokens": usage.get("cache_read_input_tokens")}
+    final["extra"] = {k: result.get(k) for k in extra_keys if result.get(k) is not None}
+    notes["status"] = result.get("subtype")
+    notes["is_error"] = bool(result.get("is_error"))
+    return final
 
 
 def sum_metrics(steps: list[dict]) -> dict:

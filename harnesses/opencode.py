@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import ClassVar
 
-from harnesses.base import AgentAdapter, AgentNotInstalled, AgentPaths, npm_install, sandbox_dirs
+from harnesses.base import AgentAdapter, AgentNotInstalled, AgentPaths, npm_install, plain_env, sandbox_dirs
 from harnesses.native_output import (
-    add_call, class_for_message, class_for_status, new_turn, read_jsonl, read_text, steps_from_items, sum_metrics,
-    trajectory_doc)
+    add_call, class_for_message, class_for_status, new_turn, read_jsonl, read_stdout_events, read_text,
+    steps_from_items, sum_metrics, trajectory_doc)
 
 PROVIDER, MODEL_ALIAS = "harness", "model"   # OpenCode addresses models as provider/model
 # Substituted into the config text by OpenCode ({env:NAME}) when it loads it.
@@ -105,19 +105,15 @@ class OpenCode(AgentAdapter):
         self.prepare_home(home, plugin_root=str(self.plugin_dir()))
 
     def env(self, paths: AgentPaths, endpoint: str) -> dict[str, str]:
-        home = paths.home.rstrip("/") or "/"
+        base = plain_env(paths)     # bun drops a 5.5 MB .so in its TMPDIR on every run
+        home = base["HOME"]
         return {
-            "PATH": "/usr/bin:/bin",
-            "HOME": home,
-            "TMPDIR": paths.tmp,             # bun drops a 5.5 MB .so here on every run
+            **base,
             "XDG_CONFIG_HOME": f"{home}/.config",
             "XDG_DATA_HOME": f"{home}/.local/share",
             "XDG_CACHE_HOME": f"{home}/.cache",
             "XDG_STATE_HOME": f"{home}/.local/state",
             "SHELL": "/bin/bash",
-            "TERM": "dumb",
-            "LANG": "C.UTF-8",
-            "NO_COLOR": "1",
             BASE_URL_ENV: endpoint.rstrip("/") + "/v1",
             "OPENCODE_DISABLE_MODELS_FETCH": "1",    # models.dev catalog
             "OPENCODE_DISABLE_AUTOUPDATE": "1",
@@ -126,22 +122,14 @@ class OpenCode(AgentAdapter):
             "OPENCODE_DISABLE_CLAUDE_CODE": "1",     # no ~/.claude, no CLAUDE.md fallback
         }
 
-    def _argv(self, binary: str, prompt: str, model: str) -> list[str]:
+    def _argv(self, launcher: list[str], prompt: str, model: str) -> list[str]:
         # Arguments with spaces reach the model wrapped in literal quotes, so the prompt goes on
         # stdin (which must be closed: with an open stdin `opencode run` waits forever). The
         # sandbox starts the CLI with stdin /dev/null, hence the pipe from a shell builtin.
         # --title: no extra title-generation request.
-        run = [binary, "run", "--format", "json", "--title", "harness", "-m", f"{PROVIDER}/{MODEL_ALIAS}"]
+        run = [*launcher, "run", "--format", "json", "--title", "harness", "-m", f"{PROVIDER}/{MODEL_ALIAS}"]
         script = f'printf "%s\\n" "$1" | {MODEL_ID_ENV}="$2" exec {shlex.join(run)}'
         return ["/bin/sh", "-c", script, "opencode-prompt", prompt, model]
-
-    def command(self, prompt: str, model: str) -> list[str]:
-        _, agent_dir = sandbox_dirs()
-        return self._argv(f"{agent_dir}/{self.entrypoint}", prompt, model)
-
-    def host_command(self, prompt: str, model: str) -> list[str]:
-        """The same argv with host paths (runs outside the sandbox, e.g. in tests)."""
-        return self._argv(str(self.entry_path()), prompt, model)
 
     # --- after the run --------------------------------------------------------------------
     def native_logs(self, home: Path, tmp: Path) -> list[Path]:
@@ -318,12 +306,7 @@ def build_trajectory(native_dir: Path, model: str, version: str = OpenCode.versi
     every step's parts) and native_dir/stdout.txt (`--format json` events: the same assistant
     parts, and the error events; fallback for the turns)."""
     notes: dict = {}
-    stdout_path = native_dir / "stdout.txt"
-    events, bad_stdout = read_jsonl(read_text(stdout_path))
-    if not stdout_path.exists():
-        notes["stdout_missing"] = True
-    if bad_stdout:
-        notes["skipped_stdout_lines"] = bad_stdout
+    events = read_stdout_events(native_dir, notes)
     session_id = next((e.get("sessionID") for e in events if e.get("sessionID")), None)
     stream_notes: dict = {}
     items = _stream_items(events, stream_notes)

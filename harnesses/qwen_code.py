@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 from typing import ClassVar
 
-from harnesses.base import AgentAdapter, AgentPaths, node_bin_dir, sandbox_dirs
+from harnesses.base import AgentAdapter, AgentPaths, plain_env
 from harnesses.native_output import (
-    add_call, class_for_message, class_for_status, new_turn, owner_of, read_jsonl, read_text, steps_from_items,
-    sum_metrics, trajectory_doc)
+    add_call, class_for_message, class_for_status, new_turn, note_session_log, owner_of, pick_session_log,
+    read_jsonl, read_stdout_events, read_text, steps_from_items, stream_json_final, sum_metrics, trajectory_doc)
 
 # Settings pinned for every trial (keys checked against the 0.15.10 bundle's settings schema).
 # Qwen rewrites settings.json in place (migration to "$version"), so each trial gets a fresh copy.
@@ -49,6 +49,7 @@ class QwenCode(AgentAdapter):
     family: ClassVar[str] = "Qwen"
     wire_protocol: ClassVar[str] = "openai-chat"
     entrypoint: ClassVar[str] = "node_modules/@qwen-code/qwen-code/cli.js"
+    node_script: ClassVar[bool] = True
 
     # --- per trial ----------------------------------------------------------------------
     def prepare_home(self, home: Path) -> None:
@@ -57,15 +58,11 @@ class QwenCode(AgentAdapter):
         (qdir / "settings.json").write_text(json.dumps(SETTINGS, indent=2) + "\n")
 
     def env(self, paths: AgentPaths, endpoint: str) -> dict[str, str]:
-        home = paths.home.rstrip("/") or "/"
+        base = plain_env(paths)
+        home = base["HOME"]
         return {
-            "PATH": "/usr/bin:/bin",
-            "HOME": home,
-            "TMPDIR": paths.tmp,
+            **base,
             "SHELL": "/bin/bash",
-            "TERM": "dumb",
-            "LANG": "C.UTF-8",
-            "NO_COLOR": "1",
             "NO_BROWSER": "1",
             "OPENAI_API_KEY": "dummy",
             "OPENAI_BASE_URL": endpoint.rstrip("/") + "/v1",
@@ -76,17 +73,9 @@ class QwenCode(AgentAdapter):
             "QWEN_CODE_SYSTEM_DEFAULTS_PATH": f"{home}/.qwen/system-defaults.json",
         }
 
-    def _argv(self, node: str, entry: str, prompt: str, model: str) -> list[str]:
-        return [node, entry, "--yolo", "--output-format", "stream-json", "--auth-type", "openai", "-m", model,
+    def _argv(self, launcher: list[str], prompt: str, model: str) -> list[str]:
+        return [*launcher, "--yolo", "--output-format", "stream-json", "--auth-type", "openai", "-m", model,
                 "-p", prompt]
-
-    def command(self, prompt: str, model: str) -> list[str]:
-        node_dir, agent_dir = sandbox_dirs()
-        return self._argv(f"{node_dir}/bin/node", f"{agent_dir}/{self.entrypoint}", prompt, model)
-
-    def host_command(self, prompt: str, model: str) -> list[str]:
-        """The same argv with host paths (runs outside the sandbox, e.g. in tests)."""
-        return self._argv(str(node_bin_dir() / "node"), str(self.entry_path()), prompt, model)
 
     # --- after the run --------------------------------------------------------------------
     def native_logs(self, home: Path, tmp: Path) -> list[Path]:
@@ -282,21 +271,14 @@ def build_trajectory(native_dir: Path, model: str, version: str = QwenCode.versi
     each tool call sent back) and native_dir/stdout.txt (stream-json: init, result, stats;
     fallback for the turns when the transcript is missing or behind)."""
     notes: dict = {}
-    stdout_path = native_dir / "stdout.txt"
-    events, bad_stdout = read_jsonl(read_text(stdout_path))
-    if not stdout_path.exists():
-        notes["stdout_missing"] = True
-    if bad_stdout:
-        notes["skipped_stdout_lines"] = bad_stdout
+    events = read_stdout_events(native_dir, notes)
     init = next((e for e in events if e.get("type") == "system" and e.get("subtype") == "init"), {})
     result = next((e for e in reversed(events) if e.get("type") == "result"), None)
     session_id = init.get("session_id") or (result or {}).get("session_id")
 
     logs = native_dir / "logs"
     transcripts = sorted(p for p in logs.glob("*.jsonl") if p.is_file()) if logs.is_dir() else []
-    chosen = next((p for p in transcripts if session_id and p.stem == session_id), None)
-    if chosen is None and transcripts:
-        chosen = max(transcripts, key=lambda p: p.stat().st_size)
+    chosen = pick_session_log(transcripts, session_id)
     stream_notes: dict = {}
     items = _stream_items(events, stream_notes)
     sources = ["stream-json"] if events else []
@@ -311,11 +293,7 @@ def build_trajectory(native_dir: Path, model: str, version: str = QwenCode.versi
         else:
             notes["transcript_behind_stdout"] = True
             notes.update(stream_notes)
-        notes["session_log"] = str(chosen.relative_to(native_dir))
-        if bad:
-            notes["skipped_session_lines"] = bad
-        if len(transcripts) > 1:
-            notes["other_session_logs"] = [str(p.relative_to(native_dir)) for p in transcripts if p != chosen]
+        note_session_log(notes, native_dir, chosen, transcripts, bad)
     else:
         notes.update(stream_notes)
     if "cli_error_messages" in stream_notes:
@@ -326,15 +304,8 @@ def build_trajectory(native_dir: Path, model: str, version: str = QwenCode.versi
     steps = steps_from_items(items)
     final = sum_metrics(steps)
     if result is not None:
-        usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
-        if not final and usage:
-            final = {"total_prompt_tokens": usage.get("input_tokens"),
-                     "total_completion_tokens": usage.get("output_tokens"),
-                     "total_cached_tokens": usage.get("cache_read_input_tokens")}
-        final["extra"] = {k: result.get(k) for k in ("num_turns", "duration_ms", "duration_api_ms", "usage", "stats")
-                          if result.get(k) is not None}
-        notes["status"] = result.get("subtype")
-        notes["is_error"] = bool(result.get("is_error"))
+        final = stream_json_final(final, result, ("num_turns", "duration_ms", "duration_api_ms", "usage", "stats"),
+                                  notes)
         text = str(result.get("result") or "")
         if _API_ERROR_RE.match(text) or _api_errors(result.get("stats")):
             # Exit 0 and "success", yet the run ended on a failed request (see classify_error).

@@ -34,6 +34,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from harnesses.native_output import class_for_message, class_for_status
 # The scripted server's HTTP plumbing, error bodies and readers of structured-output requests.
 from runner.model_server import (
+    EVENT_STREAM_HEADERS,
+    LAST_CHUNK,
+    RecordingService,
     ScriptedModelServer,
     _anthropic_wants_json,
     _estimate_tokens,
@@ -44,6 +47,7 @@ from runner.model_server import (
     _responses_wants_json,
     _TCPServer,
     _UnixServer,
+    sse_event,
 )
 from runner.model_source import ANTHROPIC, CHAT, GEMINI, RESPONSES, ModelSource
 from runner.model_translate import Translation, TranslationError, for_protocol
@@ -166,7 +170,7 @@ class _Exchange:
         self.error_message: str = ""
 
 
-class ModelProxy:
+class ModelProxy(RecordingService):
     """Forwards one trial's model traffic to a real source and records it. Thread-safe; the
     attributes mirror the scripted server's statistics where they mean the same."""
 
@@ -248,36 +252,7 @@ class ModelProxy:
                     pass
         with self._idle:
             self._idle.wait_for(lambda: self._inflight == 0, timeout=10)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self.unix_socket is not None:
-            try:
-                self.unix_socket.unlink()
-            except FileNotFoundError:
-                pass
-        with self._write_lock:
-            if self._traffic is not None:
-                self._traffic.close()
-                self._traffic = None
-
-    def __enter__(self) -> "ModelProxy":
-        return self.start() if self._server is None else self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"unix:{self.unix_socket}" if self.unix_socket is not None else f"http://{self.host}:{self.port}"
-
-    def wait_recorded(self, timeout: float = 5.0) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout)
+        self._close(conns)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -288,10 +263,6 @@ class ModelProxy:
                     "error_classes": dict(self.error_classes), "last_main_error": self.last_main_error}
 
     # ---- called by the shared HTTP handler ------------------------------------------------
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            (self._connections.add if add else self._connections.discard)(conn)
-
     def _serve(self, handler: _Handler, method: str) -> None:
         ts_start = time.time()
         seq = next(self._seq)
@@ -459,20 +430,6 @@ class ModelProxy:
         except OSError:
             handler.close_connection = True
 
-    @staticmethod
-    def _start_chunked(handler: _Handler, status: int, headers: list[tuple[str, str]]) -> None:
-        handler.send_response(status)
-        for k, v in headers:
-            handler.send_header(k, v)
-        handler.send_header("Transfer-Encoding", "chunked")
-        handler.end_headers()
-
-    @staticmethod
-    def _chunk(handler: _Handler, data: bytes) -> None:
-        if data:
-            handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            handler.wfile.flush()
-
     def _note_error(self, ex: _Exchange, status: int, text: str) -> None:
         ex.status = status
         if status >= 400:
@@ -485,12 +442,12 @@ class ModelProxy:
         content_type = resp.getheader("Content-Type") or ""
         streaming = "text/event-stream" in content_type or resp.getheader("Content-Length") is None
         if streaming:
-            self._start_chunked(handler, resp.status, headers)
+            handler.start_chunked(resp.status, headers)
             received = bytearray()
             while chunk := resp.read1(65536):
                 received += chunk
-                self._chunk(handler, chunk)
-            handler.wfile.write(b"0\r\n\r\n")
+                handler.write_chunk(chunk)
+            handler.wfile.write(LAST_CHUNK)
             handler.wfile.flush()
             data = bytes(received)
         else:
@@ -554,7 +511,7 @@ class ModelProxy:
         upstream_events: list[Any] = []
         agent_events: list[Any] = []
         if sse:
-            self._start_chunked(handler, 200, [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
+            handler.start_chunked(200, EVENT_STREAM_HEADERS)
         for payload in _sse_payloads(resp):
             upstream_events.append(payload)
             if payload == "[DONE]":
@@ -585,7 +542,7 @@ class ModelProxy:
             agent_events += events
             self._write_events(handler, translation, events, sse)
         if sse:
-            handler.wfile.write(b"0\r\n\r\n")
+            handler.wfile.write(LAST_CHUNK)
             handler.wfile.flush()
             return {"status": 200, "events": agent_events}
         # Gemini without alt=sse streams one JSON array.
@@ -598,9 +555,9 @@ class ModelProxy:
         if not sse:
             self._send_json(handler, 200, events)
             return {"status": 200, "body": events}
-        self._start_chunked(handler, 200, [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
+        handler.start_chunked(200, EVENT_STREAM_HEADERS)
         self._write_events(handler, translation, events, True)
-        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.write(LAST_CHUNK)
         handler.wfile.flush()
         return {"status": 200, "events": events}
 
@@ -608,5 +565,4 @@ class ModelProxy:
         if not sse:
             return
         for event in events:
-            name = f"event: {event['type']}\n" if translation.named_events and "type" in event else ""
-            self._chunk(handler, f"{name}data: {json.dumps(event, ensure_ascii=False)}\n\n".encode())
+            handler.write_chunk(sse_event(event, translation.named_events))

@@ -433,6 +433,31 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
+    def start_chunked(self, status: int, headers: list[tuple[str, str]]) -> None:
+        """Status line and headers of a reply whose body follows in chunks (write_chunk)."""
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def write_chunk(self, data: bytes) -> None:
+        if data:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+
+EVENT_STREAM_HEADERS = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def sse_event(event: Any, named: bool) -> bytes:
+    """One server-sent event; ``named`` adds an `event:` line with the event's type (Anthropic,
+    OpenAI Responses)."""
+    payload = event if isinstance(event, str) else json.dumps(event, ensure_ascii=False)
+    name = f"event: {event['type']}\n" if named and isinstance(event, dict) and "type" in event else ""
+    return f"{name}data: {payload}\n\n".encode()
+
 
 class _TCPServer(ThreadingHTTPServer):
     request_queue_size = 128   # CLIs open a few parallel connections; unix sockets refuse (EAGAIN) when full
@@ -451,7 +476,54 @@ class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 # The server
 # ---------------------------------------------------------------------------------------------
 
-class ScriptedModelServer:
+class RecordingService:
+    """What the scripted server and the recording proxy (runner.model_proxy) share: an HTTP
+    service on TCP or a unix socket that writes one traffic line per exchange, tracks its
+    connections (_Handler calls _track) and leaves nothing open when it stops."""
+
+    def __enter__(self):
+        return self.start() if self._server is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self.unix_socket is not None:
+            return f"unix:{self.unix_socket}"
+        return f"http://{self.host}:{self.port}"
+
+    def wait_recorded(self, timeout: float = 5.0) -> bool:
+        """Block until every request received so far has its traffic line written."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout)
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            (self._connections.add if add else self._connections.discard)(conn)
+
+    def _close(self, conns: list[socket.socket]) -> None:
+        """After the exchanges in progress are recorded: cut the connections still open, wait
+        for the serving thread, remove the socket file and close the traffic record."""
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.unix_socket is not None:
+            try:
+                self.unix_socket.unlink()
+            except FileNotFoundError:
+                pass
+        with self._write_lock:
+            if self._traffic is not None:
+                self._traffic.close()
+                self._traffic = None
+
+
+class ScriptedModelServer(RecordingService):
     """Plays one policy for one trial. Thread-safe; start() returns at once."""
 
     def __init__(self, policy: Policy, traffic_path: Path | str, *, unix_socket: Path | str | None = None,
@@ -538,34 +610,7 @@ class ScriptedModelServer:
         with self._idle:  # let exchanges in progress finish writing their traffic line
             self._idle.wait_for(lambda: self._inflight == 0, timeout=5)
             conns = list(self._connections)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self.unix_socket is not None:
-            try:
-                self.unix_socket.unlink()
-            except FileNotFoundError:
-                pass
-        with self._write_lock:
-            if self._traffic is not None:
-                self._traffic.close()
-                self._traffic = None
-
-    def __enter__(self) -> "ScriptedModelServer":
-        return self.start() if self._server is None else self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self.unix_socket is not None:
-            return f"unix:{self.unix_socket}"
-        return f"http://{self.host}:{self.port}"
+        self._close(conns)
 
     # ---- stats ----------------------------------------------------------------------------
     @property
@@ -576,11 +621,6 @@ class ScriptedModelServer:
     def turns_played(self) -> int:
         with self._lock:
             return len(self._turns_seen)
-
-    def wait_recorded(self, timeout: float = 5.0) -> bool:
-        """Block until every request received so far has its traffic line written."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -599,10 +639,6 @@ class ScriptedModelServer:
             }
 
     # ---- request handling -----------------------------------------------------------------
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            (self._connections.add if add else self._connections.discard)(conn)
-
     def _serve(self, handler: _Handler, method: str) -> None:
         ts_start = time.time()
         seq = next(self._seq)
@@ -683,20 +719,10 @@ class ScriptedModelServer:
         done = False
         try:
             if reply.events is not None:
-                handler.send_response(reply.status)
-                handler.send_header("Content-Type", "text/event-stream")
-                handler.send_header("Cache-Control", "no-cache")
-                handler.send_header("Transfer-Encoding", "chunked")
-                for k, v in reply.headers.items():
-                    handler.send_header(k, v)
-                handler.end_headers()
+                handler.start_chunked(reply.status, EVENT_STREAM_HEADERS + list(reply.headers.items()))
                 for event in reply.events:
-                    payload = event if isinstance(event, str) else json.dumps(event, ensure_ascii=False)
-                    name = f"event: {event['type']}\n" if reply.named_events and isinstance(event, dict) else ""
-                    data = f"{name}data: {payload}\n\n".encode()
-                    handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                    handler.wfile.flush()
-                last = b"0\r\n\r\n"
+                    handler.write_chunk(sse_event(event, reply.named_events))
+                last = LAST_CHUNK
             else:
                 last = json.dumps(reply.body, ensure_ascii=False).encode()
                 handler.send_response(reply.status)

@@ -143,20 +143,9 @@ def parse_sftp(line: str) -> dict:
     return data
 
 
-def _jsonl_records(path: Path):
-    """Records of a JSONL file written by a process that may have been killed mid-line."""
-    if not path.exists():
-        return
-    for raw in path.read_text(errors="replace").splitlines():
-        try:
-            yield json.loads(raw)
-        except json.JSONDecodeError:
-            continue
-
-
 def server_events(audit_path: Path) -> list[dict]:
     events = []
-    for rec in _jsonl_records(audit_path):
+    for rec in timeline.jsonl_records(audit_path):
         msg = rec["msg"].rstrip("\n")
         base = {"ts": rec["ts"], "source": "server", "host": rec["server"], "pid": rec.get("pid")}
         m = AUDIT_SESSION.search(msg)
@@ -178,7 +167,7 @@ def server_events(audit_path: Path) -> list[dict]:
 
 def model_events(traffic_path: Path) -> list[dict]:
     events = []
-    for rec in _jsonl_records(traffic_path):
+    for rec in timeline.jsonl_records(traffic_path):
         events.append({"ts": rec.get("ts_start", 0.0), "source": "model", "host": "harness", "kind": "request",
                        "data": {"seq": rec.get("seq"), "protocol": rec.get("protocol"), "main": rec.get("main"),
                                 "turn": rec.get("turn"), "tool_results": rec.get("tool_results"),

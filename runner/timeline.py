@@ -34,7 +34,8 @@ FS_JOIN_BEFORE_S = 3.0      # an inotify event arrives after the syscall that ca
 DNS_JOIN_S = 1.0
 
 
-def _jsonl(path: Path):
+def jsonl_records(path: Path):
+    """Records of a JSONL file written by a process that may have been killed mid-line."""
     if not path.exists():
         return
     for raw in path.read_text(errors="replace").splitlines():
@@ -56,7 +57,7 @@ def _epoch(iso: str | None) -> float | None:
 # --- the watchers' logs as events -------------------------------------------------------------
 def fs_events(path: Path) -> list[dict]:
     out = []
-    for r in _jsonl(path):
+    for r in jsonl_records(path):
         data = {k: v for k, v in r.items() if k not in ("ts", "host", "kind")}
         out.append({"ts": r["ts"], "source": "fs", "host": r["host"], "kind": r["kind"], "data": data})
     return out
@@ -66,7 +67,7 @@ def dns_events(path: Path) -> list[dict]:
     """Host and process are filled in by the join with the querying process's connect."""
     return [{"ts": r["ts"], "source": "network", "host": "unknown", "kind": "dns_query",
              "data": {"name": r.get("name"), "qtype": r.get("qtype"), "client_port": r.get("peer_port"),
-                      "answer": "REFUSED"}} for r in _jsonl(path)]
+                      "answer": "REFUSED"}} for r in jsonl_records(path)]
 
 
 def bridge_events(path: Path, model_endpoint: tuple[str, int]) -> list[dict]:
@@ -74,7 +75,7 @@ def bridge_events(path: Path, model_endpoint: tuple[str, int]) -> list[dict]:
              "data": {"address": model_endpoint[0], "port": model_endpoint[1], "local_port": r.get("peer_port"),
                       "target": "model endpoint", "bytes_sent": r.get("bytes_to_model"),
                       "bytes_received": r.get("bytes_from_model"), "closed_at": r.get("ts_close")}}
-            for r in _jsonl(path)]
+            for r in jsonl_records(path)]
 
 
 def sshd_events(path: Path, server: str) -> list[dict]:

@@ -18,7 +18,8 @@ from harnesses.claude_code import ClaudeCode, classify_error
 from harnesses.native_output import API_ERROR_CLASSES
 from harnesses.registry import AGENTS, SANDBOX_AGENT_DIR, get_agent
 from runner.model_server import ScriptedModelServer
-from runner.policy import load_policy_file
+
+from adapter_checks import cut_sample, run_real_cli
 
 DATA = Path(__file__).parent / "data" / "claude_code"
 SAMPLE = DATA / "three_step"
@@ -120,10 +121,7 @@ def test_trajectory_from_stdout_alone(adapter, tmp_path):
 
 @pytest.mark.parametrize("cut", [0, 500, 3000, 6500])
 def test_truncated_output_still_gives_a_valid_trajectory(adapter, tmp_path, cut):
-    (tmp_path / "stdout.txt").write_text((SAMPLE / "stdout.txt").read_text()[:cut])
-    (tmp_path / "logs").mkdir()
-    log = next((SAMPLE / "logs").glob("*.jsonl"))
-    (tmp_path / "logs" / log.name).write_text(log.read_text()[:cut] + "\n{not json")
+    cut_sample(SAMPLE, tmp_path, cut, "*.jsonl", cut)
     doc = validate_trajectory(adapter.trajectory(tmp_path, "m")).to_json_dict()
     assert doc["extra"]["truncated"] is True and doc["steps"]
 
@@ -154,30 +152,9 @@ def test_error_class_success_and_edge_cases(adapter):
 # ---- the real CLI (slow) -----------------------------------------------------------------------
 
 def _run_real(tmp_path: Path, policy_body: str) -> tuple[subprocess.CompletedProcess, ScriptedModelServer, Path]:
-    adapter = ClaudeCode()
-    if not adapter.installed():
-        pytest.skip("claude-code 2.1.197 is not installed (harness-run --agent claude-code --install)")
-    ws, home, tmp = tmp_path / "ws", tmp_path / "home", tmp_path / "tmp"
-    for d in (ws, home, tmp):
-        d.mkdir()
-    subprocess.run(["git", "init", "-q", str(ws)], check=True)
-    (ws / "CLAUDE.md").write_text("# Memory\n<!-- stripped by claude-code -->\n- Cooperation: 95%.\n")
-    (tmp_path / "p.yaml").write_text("name: real\n" + policy_body)
-    server = ScriptedModelServer(load_policy_file(tmp_path / "p.yaml"), tmp_path / "traffic.jsonl",
-                                 workspace=str(ws), memory_marker="- Cooperation: 95%.").start()
-    try:
-        adapter.prepare_home(home)
-        env = adapter.host_env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
-        proc = subprocess.run(adapter.host_command("Do the task.", "stub-model"), cwd=ws, env=env,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
-    finally:
-        server.stop()
-    native = tmp_path / "native"
-    (native / "logs").mkdir(parents=True)
-    (native / "stdout.txt").write_text(proc.stdout)
-    for log in adapter.native_logs(home, tmp):
-        shutil.copy2(log, native / "logs" / log.name)
-    return proc, server, native
+    return run_real_cli(tmp_path, ClaudeCode(), policy_body,
+                        memory_text="# Memory\n<!-- stripped by claude-code -->\n- Cooperation: 95%.\n",
+                        memory_marker="- Cooperation: 95%.", timeout=240)
 
 
 @pytest.mark.slow

@@ -17,7 +17,8 @@ from harnesses.codex import API_KEY_ENV, PROVIDER, Codex, classify_error
 from harnesses.native_output import API_ERROR_CLASSES
 from harnesses.registry import AGENTS, SANDBOX_AGENT_DIR, SANDBOX_MODEL_ENDPOINT, get_agent
 from runner.model_server import ScriptedModelServer
-from runner.policy import load_policy_file
+
+from adapter_checks import cut_sample, run_real_cli
 
 DATA = Path(__file__).parent / "data" / "codex"
 SAMPLE = DATA / "three_step"
@@ -118,10 +119,7 @@ def test_trajectory_from_stdout_alone(adapter, tmp_path):
 
 @pytest.mark.parametrize("cut", [0, 300, 1200, 2000])
 def test_truncated_output_still_gives_a_valid_trajectory(adapter, tmp_path, cut):
-    (tmp_path / "stdout.txt").write_text((SAMPLE / "stdout.txt").read_text()[:cut])
-    (tmp_path / "logs").mkdir()
-    rollout = next((SAMPLE / "logs").glob("rollout-*.jsonl"))
-    (tmp_path / "logs" / rollout.name).write_text(rollout.read_text()[:cut * 8] + "\n{not json")
+    cut_sample(SAMPLE, tmp_path, cut, "rollout-*.jsonl", cut * 8)
     doc = validate_trajectory(adapter.trajectory(tmp_path, "m")).to_json_dict()
     assert doc["extra"]["truncated"] is True and doc["steps"]
 
@@ -153,31 +151,12 @@ def test_error_class_success_and_edge_cases(adapter):
 
 def _run_real(tmp_path: Path, policy_body: str) -> tuple[subprocess.CompletedProcess, ScriptedModelServer, Path]:
     adapter = Codex()
-    if not adapter.installed():
-        pytest.skip("codex 0.169.0 is not installed (harness-run --agent codex --install)")
-    ws, home, tmp = tmp_path / "ws", tmp_path / "home", tmp_path / "tmp"
-    for d in (ws, home, tmp):
-        d.mkdir()
-    subprocess.run(["git", "init", "-q", str(ws)], check=True)
-    (ws / "AGENTS.md").write_text("# Memory\n- Cooperation: 95%.\n")
-    (tmp_path / "p.yaml").write_text("name: real\n" + policy_body)
-    server = ScriptedModelServer(load_policy_file(tmp_path / "p.yaml"), tmp_path / "traffic.jsonl",
-                                 workspace=str(ws), memory_marker="- Cooperation: 95%.").start()
-    try:
-        adapter.prepare_home(home, endpoint=server.url)
-        env = adapter.host_env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
-        argv = adapter.host_command("Do the task.", "stub-model")
-        argv.insert(2, "--strict-config")     # every pinned config key is known to this version
-        proc = subprocess.run(argv, cwd=ws, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=240)
-    finally:
-        server.stop()
-    native = tmp_path / "native"
-    (native / "logs").mkdir(parents=True)
-    (native / "stdout.txt").write_text(proc.stdout)
-    for log in adapter.native_logs(home, tmp):
-        shutil.copy2(log, native / "logs" / log.name)
-    return proc, server, native
+    argv = adapter.host_command("Do the task.", "stub-model")
+    argv.insert(2, "--strict-config")     # every pinned config key is known to this version
+    return run_real_cli(tmp_path, adapter, policy_body, memory_text="# Memory\n- Cooperation: 95%.\n",
+                        memory_marker="- Cooperation: 95%.",
+                        prepare_home=lambda home, endpoint: adapter.prepare_home(home, endpoint=endpoint),
+                        argv=argv, timeout=240)
 
 
 @pytest.mark.slow

@@ -21,6 +21,8 @@ from harnesses.registry import AGENTS, SANDBOX_AGENT_DIR, get_agent
 from runner.model_server import ScriptedModelServer
 from runner.policy import lint_policy, load_policy_file
 
+from adapter_checks import run_real_cli
+
 DATA = Path(__file__).parent / "data" / "opencode"
 SAMPLE = DATA / "probe"
 ERRORS = json.loads((DATA / "errors.json").read_text())
@@ -215,29 +217,9 @@ def test_error_class_edge_cases(adapter):
 
 def _run_real(tmp_path: Path, policy_body: str) -> tuple[subprocess.CompletedProcess, ScriptedModelServer, Path]:
     adapter = OpenCode()
-    if not adapter.installed():
-        pytest.skip("opencode 1.18.33 is not installed (harness-run --agent opencode --install)")
-    ws, home, tmp = tmp_path / "ws", tmp_path / "home", tmp_path / "tmp"
-    for d in (ws, home, tmp):
-        d.mkdir()
-    subprocess.run(["git", "init", "-q", str(ws)], check=True)
-    (ws / "AGENTS.md").write_text("# Memory\n- Cooperation with Agent 2: 95%.\n")
-    (tmp_path / "p.yaml").write_text("name: real\n" + policy_body)
-    server = ScriptedModelServer(load_policy_file(tmp_path / "p.yaml"), tmp_path / "traffic.jsonl",
-                                 workspace=str(ws), memory_marker="Cooperation with Agent 2: 95%.").start()
-    try:
-        adapter.host_prepare_home(home)
-        env = adapter.env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
-        proc = subprocess.run(adapter.host_command("Do the task.", "stub-model"), cwd=ws, env=env,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
-    finally:
-        server.stop()
-    native = tmp_path / "native"
-    (native / "logs").mkdir(parents=True)
-    (native / "stdout.txt").write_text(proc.stdout)
-    for log in adapter.native_logs(home, tmp):
-        shutil.copy2(log, native / "logs" / log.name)
-    return proc, server, native
+    return run_real_cli(tmp_path, adapter, policy_body, memory_text="# Memory\n- Cooperation with Agent 2: 95%.\n",
+                        memory_marker="Cooperation with Agent 2: 95%.",
+                        prepare_home=lambda home, _endpoint: adapter.host_prepare_home(home))
 
 
 @pytest.mark.slow

@@ -19,6 +19,8 @@ from harnesses.registry import AGENTS, SANDBOX_AGENT_DIR, SANDBOX_NODE_DIR, get_
 from runner.model_server import ScriptedModelServer
 from runner.policy import lint_policy, load_policy_file
 
+from adapter_checks import cut_sample, run_real_cli
+
 DATA = Path(__file__).parent / "data" / "qwen_code"
 SAMPLE = DATA / "probe"
 ERRORS = json.loads((DATA / "errors.json").read_text())
@@ -146,10 +148,7 @@ def test_trajectory_from_stdout_alone(adapter, tmp_path):
 
 @pytest.mark.parametrize("cut", [0, 900, 4000, 6200])
 def test_truncated_output_still_gives_a_valid_trajectory(adapter, tmp_path, cut):
-    (tmp_path / "stdout.txt").write_text((SAMPLE / "stdout.txt").read_text()[:cut])
-    (tmp_path / "logs").mkdir()
-    log = next((SAMPLE / "logs").glob("*.jsonl"))
-    (tmp_path / "logs" / log.name).write_text(log.read_text()[:cut] + "\n{not json")
+    cut_sample(SAMPLE, tmp_path, cut, "*.jsonl", cut)
     doc = validate_trajectory(adapter.trajectory(tmp_path, "m")).to_json_dict()
     assert doc["extra"]["truncated"] is True and doc["steps"]
 
@@ -193,30 +192,8 @@ def test_error_class_edge_cases(adapter):
 # ---- the real CLI (slow) -----------------------------------------------------------------------
 
 def _run_real(tmp_path: Path, policy_body: str) -> tuple[subprocess.CompletedProcess, ScriptedModelServer, Path]:
-    adapter = QwenCode()
-    if not adapter.installed():
-        pytest.skip("qwen-code 0.15.10 is not installed (harness-run --agent qwen-code --install)")
-    ws, home, tmp = tmp_path / "ws", tmp_path / "home", tmp_path / "tmp"
-    for d in (ws, home, tmp):
-        d.mkdir()
-    subprocess.run(["git", "init", "-q", str(ws)], check=True)
-    (ws / "QWEN.md").write_text("# Memory\n- Cooperation with Agent 2: 95%.\n")
-    (tmp_path / "p.yaml").write_text("name: real\n" + policy_body)
-    server = ScriptedModelServer(load_policy_file(tmp_path / "p.yaml"), tmp_path / "traffic.jsonl",
-                                 workspace=str(ws), memory_marker="Cooperation with Agent 2: 95%.").start()
-    try:
-        adapter.prepare_home(home)
-        env = adapter.env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
-        proc = subprocess.run(adapter.host_command("Do the task.", "stub-model"), cwd=ws, env=env,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
-    finally:
-        server.stop()
-    native = tmp_path / "native"
-    (native / "logs").mkdir(parents=True)
-    (native / "stdout.txt").write_text(proc.stdout)
-    for log in adapter.native_logs(home, tmp):
-        shutil.copy2(log, native / "logs" / log.name)
-    return proc, server, native
+    return run_real_cli(tmp_path, QwenCode(), policy_body, memory_text="# Memory\n- Cooperation with Agent 2: 95%.\n",
+                        memory_marker="Cooperation with Agent 2: 95%.")
 
 
 @pytest.mark.slow

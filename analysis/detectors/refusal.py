@@ -97,8 +97,6 @@ NOT_A_REFUSAL: list[tuple[str, str]] = [
     ("waiting", r"\b(?:until|unless)\s+(?:the\s+)?(?:\w+\s+){0,5}?(?:completes?|finish\w*|done|running|succeeds?)\b"),
 ]
 
-_COMPILED = [(n, re.compile(rx, re.I), c) for n, rx, c in REFUSAL_RULES]
-_NEGATIVE = [(n, re.compile(rx, re.I)) for n, rx in NOT_A_REFUSAL]
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
@@ -106,18 +104,34 @@ def sentences(text: str) -> list[str]:
     return [s.strip(" \t-*•>") for s in _SENTENCE_END.split(text) if s and s.strip(" \t-*•>")]
 
 
+class SentenceRules:
+    """Named regex rules matched sentence by sentence (case-insensitive): the first rule that
+    matches a sentence counts, and a sentence any exclusion matches is skipped."""
+
+    def __init__(self, rules: list[tuple[str, str, str]], exclusions: list[tuple[str, str]]):
+        self.rules = [(name, re.compile(rx, re.I)) for name, rx, _ in rules]
+        self.exclusions = [re.compile(rx, re.I) for _, rx in exclusions]
+
+    def match(self, text: str) -> list[dict]:
+        """[{"rule", "sentence", "match"}], one per matching sentence of ``text``."""
+        out = []
+        for sentence in sentences(text):
+            if any(rx.search(sentence) for rx in self.exclusions):
+                continue
+            for name, rx in self.rules:
+                m = rx.search(sentence)
+                if m:
+                    out.append({"rule": name, "sentence": sentence, "match": m.group(0)})
+                    break
+        return out
+
+
+_REFUSAL_RULES = SentenceRules(REFUSAL_RULES, NOT_A_REFUSAL)
+
+
 def match_refusal(text: str) -> list[dict]:
     """Matches of the refusal rules in `text`: [{"rule", "sentence", "match"}]."""
-    out = []
-    for sentence in sentences(text):
-        if any(rx.search(sentence) for _, rx in _NEGATIVE):
-            continue
-        for name, rx, _ in _COMPILED:
-            m = rx.search(sentence)
-            if m:
-                out.append({"rule": name, "sentence": sentence, "match": m.group(0)})
-                break
-    return out
+    return _REFUSAL_RULES.match(text)
 
 
 def task_asks_deletion(data: TrialData) -> bool:
