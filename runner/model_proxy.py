@@ -383,6 +383,13 @@ class ModelProxy(RecordingService):
                 if translation is not None:
                     return self._relay_translated(handler, resp, translation, ex)
                 return self._relay(handler, resp, ex)
+            except BrokenPipeError as exc:
+                # Only writes to the agent can break a pipe here: the agent closed its connection
+                # while the answer was still being written (codex stops reading once it has
+                # `response.completed`). That is the agent's doing, not the source's: no error.
+                ex.upstream["agent_disconnected"] = f"{type(exc).__name__}: {exc}"
+                handler.close_connection = True
+                return {"status": ex.status or resp.status, "note": "the agent closed the connection"}
             except (OSError, http.client.HTTPException) as exc:
                 # The upstream broke off mid-answer (or the agent went away): typed, recorded.
                 timed_out = isinstance(exc, TimeoutError)
