@@ -262,25 +262,6 @@ class ModelProxy(RecordingService):
                     "memory_seen": self.memory_seen, "errors_served": self.errors_served,
                     "error_classes": dict(self.error_classes), "last_main_error": self.last_main_error}
 
-    # ---- called by the shared HTTP handler ------------------------------------------------
-    def _serve(self, handler: _Handler, method: str) -> None:
-        ts_start = time.time()
-        seq = next(self._seq)
-        raw = handler.read_body() if method in ("POST", "PUT") else b""
-        with self._lock:
-            self.requests += 1
-            self._inflight += 1
-            if self._marker_forms and raw:
-                text = raw.decode("utf-8", errors="replace")
-                if any(form in text for form in self._marker_forms):
-                    self.memory_seen = True
-        try:
-            self._exchange(handler, method, raw, seq, ts_start)
-        finally:
-            with self._idle:
-                self._inflight -= 1
-                self._idle.notify_all()
-
     # ---- one exchange ---------------------------------------------------------------------
     def _exchange(self, handler: _Handler, method: str, raw: bytes, seq: int, ts_start: float) -> None:
         split = urlsplit(handler.path)

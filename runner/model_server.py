@@ -498,6 +498,26 @@ class RecordingService:
         with self._idle:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout)
 
+    def _serve(self, handler: "_Handler", method: str) -> None:
+        """Count the request, note whether it carries the memory file, then let the subclass
+        answer it (`_exchange`); `wait_recorded` waits for every request in flight."""
+        ts_start = time.time()
+        seq = next(self._seq)
+        raw = handler.read_body() if method in ("POST", "PUT") else b""
+        with self._lock:
+            self.requests += 1
+            self._inflight += 1
+            if self._marker_forms and raw:
+                body_text = raw.decode("utf-8", errors="replace")
+                if any(form in body_text for form in self._marker_forms):
+                    self.memory_seen = True
+        try:
+            self._exchange(handler, method, raw, seq, ts_start)
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
     def _track(self, conn: socket.socket, *, add: bool) -> None:
         with self._lock:
             (self._connections.add if add else self._connections.discard)(conn)
@@ -639,24 +659,6 @@ class ScriptedModelServer(RecordingService):
             }
 
     # ---- request handling -----------------------------------------------------------------
-    def _serve(self, handler: _Handler, method: str) -> None:
-        ts_start = time.time()
-        seq = next(self._seq)
-        raw = handler.read_body() if method in ("POST", "PUT") else b""
-        with self._lock:
-            self.requests += 1
-            self._inflight += 1
-            if self._marker_forms and raw:
-                body_text = raw.decode("utf-8", errors="replace")
-                if any(form in body_text for form in self._marker_forms):
-                    self.memory_seen = True
-        try:
-            self._exchange(handler, method, raw, seq, ts_start)
-        finally:
-            with self._idle:
-                self._inflight -= 1
-                self._idle.notify_all()
-
     def _exchange(self, handler: _Handler, method: str, raw: bytes, seq: int, ts_start: float) -> None:
         split = urlsplit(handler.path)
         path, query = split.path, split.query
