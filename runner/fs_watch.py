@@ -7,18 +7,23 @@ fs_create, fs_modify (content), fs_attrib (mode, owner or times: chmod, `touch -
 fs_delete, fs_close_write. `observed` is the file's state when the event was read, which may already
 be later than the change itself (inotify is asynchronous); the exact values of a chmod or utime come
 from strace, joined by the recorder. inotify can also drop events (queue overflow): the recorder's
-before/after snapshots are the backstop and flag every change this watcher missed.
+before/after snapshots are the backstop and flag every change this watcher missed, including
+changes inside a directory made in the instant before its watch was added (watchdog adds it on the
+directory's creation event and reports the files it then finds as created).
 
 Usage: python -m runner.fs_watch CONFIG_JSON OUT_JSONL   (prints "ready" once every watch is set)
 CONFIG_JSON: [{"host": "agent", "path": "/workspace", "root": "/abs/dir/watched"}, ...]
 """
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import os
 import signal
 import stat
 import sys
+import termios
 import threading
 import time
 
@@ -32,8 +37,10 @@ KINDS = {"created": "fs_create", "modified": "fs_modify", "attrib": "fs_attrib",
          "deleted": "fs_delete", "closed": "fs_close_write"}
 WATCHED = [FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileMovedEvent, DirMovedEvent, FileDeletedEvent,
            DirDeletedEvent, FileClosedEvent]
-# watchdog holds inotify events this long to pair the two halves of a rename; stop only after it.
-MOVE_PAIRING_DELAY_S = 0.6
+# On stop, wait until every event inotify has reported is in the record (see `drained`), at most
+# this long: watchdog holds an unpaired IN_MOVED_FROM 0.5 s to pair it with its IN_MOVED_TO.
+DRAIN_LIMIT_S = 2.0
+DRAIN_POLL_S = 0.01
 
 
 class FileAttribEvent(FileModifiedEvent):
@@ -47,16 +54,46 @@ class AttribAwareEmitter(InotifyEmitter):
     (read and queued in the same emitter thread) so attribute changes keep their own kind."""
 
     _raw = None
+    _reading = False      # the buffer thread holds events read from the kernel, not yet queued
+    _in_flight = False    # this thread holds an event taken from the buffer, not yet queued
 
     def on_thread_start(self) -> None:
         super().on_thread_start()
-        read = self._inotify.read_event
+        buffer = self._inotify
+        read, read_events = buffer.read_event, buffer._inotify.read_events
 
         def read_event():
             self._raw = read()
+            self._in_flight = self._raw is not None
             return self._raw
 
-        self._inotify.read_event = read_event
+        def read_kernel_events(*args, **kwargs):
+            self._reading = False     # called again: the previous batch is in the buffer's queue
+            events = read_events(*args, **kwargs)
+            self._reading = bool(events)
+            return events
+
+        buffer.read_event = read_event
+        buffer._inotify.read_events = read_kernel_events
+
+    def queue_events(self, timeout: float, **kwargs) -> None:
+        try:
+            super().queue_events(timeout, **kwargs)
+        finally:
+            self._in_flight = False
+
+    def busy(self) -> bool:
+        """Some event inotify reported is not yet in the observer's queue: bytes unread on the
+        inotify fd, events being parsed or held in the buffer (unpaired moves), or being converted."""
+        buffer = self._inotify
+        if buffer is None:
+            return False
+        unread = array.array("i", [0])
+        try:
+            fcntl.ioctl(buffer._inotify.fd, termios.FIONREAD, unread)
+        except OSError:      # closed: nothing more can arrive
+            return False
+        return unread[0] > 0 or self._reading or self._in_flight or len(buffer._queue._queue) > 0
 
     def queue_event(self, event: FileSystemEvent) -> None:
         raw = self._raw
@@ -69,6 +106,18 @@ class AttribAwareEmitter(InotifyEmitter):
 class Observer(BaseObserver):
     def __init__(self) -> None:
         super().__init__(AttribAwareEmitter, timeout=DEFAULT_OBSERVER_TIMEOUT)
+
+    def drained(self) -> bool:
+        """Every event reported so far has been written by the recorder."""
+        return self.event_queue.unfinished_tasks == 0 and not any(e.busy() for e in list(self.emitters))
+
+    def drain(self) -> None:
+        """Wait until drained twice in a row (an event can be between two of the places `busy`
+        looks at for an instant), or DRAIN_LIMIT_S."""
+        deadline, idle = time.time() + DRAIN_LIMIT_S, 0
+        while idle < 2 and time.time() < deadline:
+            idle = idle + 1 if self.drained() else 0
+            time.sleep(DRAIN_POLL_S)
 
 
 def file_state(path: str) -> dict | None:
@@ -126,7 +175,7 @@ def main(config_path: str, out_path: str) -> int:
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     stop.wait()
-    time.sleep(MOVE_PAIRING_DELAY_S)
+    observer.drain()
     observer.stop()
     observer.join(timeout=10)
     recorder.out.close()

@@ -31,6 +31,12 @@ SSHD_CLOSED = re.compile(r"(?:Disconnected from user \S+|Connection closed by(?:
                          r"Received disconnect from) (\S+) port (\d+)")
 WINDOW_SLACK_S = 0.05
 FS_JOIN_BEFORE_S = 3.0      # an inotify event arrives after the syscall that caused it
+FS_JOIN_AFTER_S = 0.1       # ... but strace may stamp that syscall a little later than inotify delivers
+# Which recorded syscalls make each live file event (a rename makes a move, a create at its
+# destination and a delete at its source).
+FS_EVENT_CAUSES = {"fs_create": ("open_write", "mkdir", "rename"), "fs_modify": ("open_write", "truncate"),
+                   "fs_close_write": ("open_write", "truncate"), "fs_attrib": ("chmod", "utime"),
+                   "fs_move": ("rename",), "fs_delete": ("unlink", "rename")}
 DNS_JOIN_S = 1.0
 
 
@@ -209,6 +215,27 @@ def _paths(e: dict) -> list[str]:
     return [p for p in (d.get("path"), d.get("src"), d.get("dst"), d.get("dest")) if p]
 
 
+def _fs_cause(e: dict, ops: dict[tuple[str, str], list[dict]]) -> dict | None:
+    """The syscall behind one live file event: a syscall of a kind that makes this event, on its path,
+    closest in time (the last one before it, else the first just after: strace stamps a call when it
+    handles the stop, which under load can be a little after inotify has delivered it). A rename to
+    b.txt must not claim an earlier move of a.txt just because `rm b.txt` follows it closely."""
+    d = e["data"]
+    fitting = [o for o in ops.get((e["host"], d.get("path")), [])
+               if e["ts"] - FS_JOIN_BEFORE_S <= o["ts"] <= e["ts"] + FS_JOIN_AFTER_S]
+    kinds = FS_EVENT_CAUSES.get(e["kind"])
+    if kinds is not None:
+        def makes(o: dict) -> bool:
+            if o["kind"] == "rename":
+                if e["kind"] == "fs_move":
+                    return o["data"].get("src") == d.get("path") and d.get("dest") in (None, o["data"].get("dst"))
+                return o["data"].get("dst" if e["kind"] == "fs_create" else "src") == d.get("path")
+            return o["kind"] in kinds
+        fitting = [o for o in fitting if makes(o)] or fitting
+    before = [o for o in fitting if o["ts"] <= e["ts"]]
+    return before[-1] if before else (fitting[0] if fitting else None)
+
+
 def link_events(events: list[dict], trajectory: dict | None, network: dict | None) -> None:
     """Set step / tool_call_id (+ data.step_basis) on every event a step caused, the process of
     file events, the host of DNS queries, and the network policy of every connect."""
@@ -242,12 +269,10 @@ def link_events(events: list[dict], trajectory: dict | None, network: dict | Non
     for e in events:
         if e["source"] not in ("fs", "snapshot"):
             continue
-        cause = None
-        for p in _paths(e):
-            cands = [o for o in ops.get((e["host"], p), []) if o["ts"] <= e["ts"] + 0.1
-                     and (e["source"] == "snapshot" or o["ts"] >= e["ts"] - FS_JOIN_BEFORE_S)]
-            if cands and (cause is None or cands[-1]["ts"] > cause["ts"]):
-                cause = cands[-1]
+        if e["source"] == "fs":
+            cause = _fs_cause(e, ops)
+        else:   # a snapshot change: the last syscall on its path, however long before
+            cause = (ops.get((e["host"], e["data"].get("path"))) or [None])[-1]
         if cause is not None:
             e["pid"] = cause["pid"]
             e["data"]["syscall_event_ts"] = cause["ts"]

@@ -135,3 +135,26 @@ def test_every_event_is_linked_to_the_tool_call_that_caused_it(tmp_path: Path):
     assert [e.step for e in events if e.source == "model"] == [2, 3, 4, 5]
     # the CLI's own startup is no step's doing
     assert one(kind="exec", host="agent", pid=50).step is None
+
+
+def test_a_file_event_joins_the_syscall_that_made_it_not_the_nearest_on_its_path():
+    """`echo > a.txt`, then `mv a.txt b.txt`, then `rm b.txt` 88 ms later: each live event joins its own
+    syscall (strace may stamp a call slightly after inotify delivers its event)."""
+    from runner.timeline import link_events
+
+    def proc(ts, pid, kind, **data):
+        return {"ts": T0 + ts, "source": "process", "host": "agent", "kind": kind, "pid": pid,
+                "data": {"result": "ok", **data}}
+
+    def fs(ts, kind, path, **data):
+        return {"ts": T0 + ts, "source": "fs", "host": "agent", "kind": kind, "data": {"path": path, **data}}
+
+    events = [proc(1.0000, 7, "open_write", path="/w/a.txt"), proc(1.0740, 8, "rename", src="/w/a.txt", dst="/w/b.txt"),
+              proc(1.1620, 9, "unlink", path="/w/b.txt"),
+              fs(1.0002, "fs_create", "/w/a.txt"), fs(1.0005, "fs_close_write", "/w/a.txt"),
+              fs(1.0742, "fs_move", "/w/a.txt", dest="/w/b.txt"), fs(1.1500, "fs_delete", "/w/b.txt"),
+              fs(1.2000, "fs_attrib", "/w/c.txt")]
+    link_events(events, None, None)
+    cause = {(e["kind"], e["data"]["path"]): e.get("pid") for e in events if e["source"] == "fs"}
+    assert cause == {("fs_create", "/w/a.txt"): 7, ("fs_close_write", "/w/a.txt"): 7,
+                     ("fs_move", "/w/a.txt"): 8, ("fs_delete", "/w/b.txt"): 9, ("fs_attrib", "/w/c.txt"): None}
