@@ -10,9 +10,8 @@ from typing import ClassVar
 
 from harnesses.base import AgentAdapter, AgentPaths, plain_env
 from harnesses.native_output import (
-    add_call, class_for_message, class_for_status, files_below, new_turn, note_session_log, owner_of,
-    pick_session_log, read_jsonl, read_stdout_events, read_text, steps_from_items, stream_json_final, sum_metrics,
-    trajectory_doc)
+    add_message_blocks, class_for_message, class_for_status, files_below, new_turn, note_session_log, owner_of,
+    pick_session_log, read_jsonl, read_stream_json, read_text, session_logs, stream_json_trajectory)
 
 # Managed settings and managed CLAUDE.md live here on Linux (hard-coded in the CLI). The sandbox
 # shows the host's /etc read-only, so anything there would reach the agent's context.
@@ -163,15 +162,7 @@ def _items(records: list[dict], notes: dict) -> list[dict]:
                 turn["message_id"] = msg.get("id")
                 turn["model_name"] = msg.get("model")
                 items.append(turn)
-            for block in content or ():
-                if not isinstance(block, dict):
-                    continue
-                if block.get("type") == "text":
-                    turn["text"] += str(block.get("text", ""))
-                elif block.get("type") == "thinking" and block.get("thinking"):
-                    turn["reasoning"] = "\n".join(x for x in (turn["reasoning"], str(block["thinking"])) if x)
-                elif block.get("type") == "tool_use":
-                    add_call(turn, str(block.get("id")), str(block.get("name")), block.get("input"), ts)
+            add_message_blocks(turn, content, ts)
             turn["metrics"] = _metrics(msg.get("usage")) or turn["metrics"]
             continue
         if rec.get("isMeta"):
@@ -180,9 +171,8 @@ def _items(records: list[dict], notes: dict) -> list[dict]:
             if isinstance(content, list) else []
         for block in results:
             call_id = str(block.get("tool_use_id"))
-            owner = owner_of(items, call_id)
+            owner = owner_of(items, call_id, notes)
             if owner is None:
-                notes["unmatched_tool_results"] = notes.get("unmatched_tool_results", 0) + 1
                 continue
             owner["results"][call_id] = {"content": _blocks_text(block.get("content")),
                                          "extra": {"is_error": block.get("is_error"), "timestamp": ts}}
@@ -200,13 +190,8 @@ def build_trajectory(native_dir: Path, model: str, version: str = ClaudeCode.ver
     """ATIF v1.7 from native_dir/logs/<session>.jsonl (the transcript: prompt, timestamps) and
     native_dir/stdout.txt (stream-json: init, result, usage; fallback for the turns)."""
     notes: dict = {}
-    events = read_stdout_events(native_dir, notes)
-    init = next((e for e in events if e.get("type") == "system" and e.get("subtype") == "init"), {})
-    result = next((e for e in reversed(events) if e.get("type") == "result"), None)
-    session_id = init.get("session_id") or (result or {}).get("session_id")
-
-    logs = native_dir / "logs"
-    transcripts = sorted(p for p in logs.glob("*.jsonl") if p.is_file()) if logs.is_dir() else []
+    events, init, result, session_id = read_stream_json(native_dir, notes)
+    transcripts = session_logs(native_dir)
     chosen = pick_session_log(transcripts, session_id)
     stream_items = _items(events, {})
     items, sources = stream_items, ["stream-json"] if events else []
@@ -225,26 +210,10 @@ def build_trajectory(native_dir: Path, model: str, version: str = ClaudeCode.ver
         errors = _synthetic_texts(events)
         if errors:
             notes["cli_error_messages"] = errors
-    if not any(i["kind"] == "user" for i in items):
-        notes["prompt_missing"] = True
-
-    steps = steps_from_items(items)
-    final = sum_metrics(steps)
-    if result is not None:
-        # The CLI prices tokens by its own table even for a scripted model: kept as reported.
-        final = stream_json_final(final, result, ("num_turns", "duration_ms", "total_cost_usd", "usage"), notes)
-        if result.get("api_error_status") is not None:
-            notes["api_error_status"] = result["api_error_status"]
-        if result.get("permission_denials"):
-            notes["permission_denials"] = result["permission_denials"]
-    else:
-        notes["truncated"] = True
-    final = {k: v for k, v in final.items() if v is not None}
-    notes["sources"] = sources
-    agent: dict = {"name": agent_name, "version": version, "model_name": model}
-    extra = {k: init[k] for k in ("model", "claude_code_version", "permissionMode") if init.get(k) is not None}
-    if extra:
-        agent["extra"] = extra
-    return trajectory_doc(agent=agent, steps=steps, final=final, notes=notes, session_id=session_id,
-                          note_text="claude-code output ended without a result event (run killed or cut off)."
-                          if notes.get("truncated") else None)
+    if result is not None and result.get("api_error_status") is not None:
+        notes["api_error_status"] = result["api_error_status"]
+    # The CLI prices tokens by its own table even for a scripted model: its cost is kept as reported.
+    return stream_json_trajectory(items=items, sources=sources, notes=notes, init=init, result=result,
+                                  session_id=session_id, agent_name=agent_name, version=version, model=model,
+                                  init_keys=("model", "claude_code_version", "permissionMode"),
+                                  result_keys=("num_turns", "duration_ms", "total_cost_usd", "usage"))

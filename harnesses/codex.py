@@ -217,9 +217,8 @@ def _rollout_items(records: list[dict], notes: dict) -> tuple[list[dict], dict]:
             add_call(t, call_id, str(payload.get("name") or ptype), args, ts)
         elif ptype in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
             call_id = str(payload.get("call_id"))
-            owner = owner_of(items, call_id)
+            owner = owner_of(items, call_id, notes)
             if owner is None:
-                notes["unmatched_tool_results"] = notes.get("unmatched_tool_results", 0) + 1
                 continue
             output = payload.get("output")
             if not isinstance(output, str):

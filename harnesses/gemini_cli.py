@@ -6,9 +6,10 @@ import re
 from pathlib import Path
 from typing import ClassVar
 
-from harnesses.atif import SCHEMA_VERSION, validate_trajectory
 from harnesses.base import AgentAdapter, AgentPaths, plain_env
-from harnesses.native_output import class_for_status, files_below, read_jsonl, read_stdout_events, read_text
+from harnesses.native_output import (
+    add_call, class_for_status, files_below, new_turn, read_jsonl, read_stdout_events, read_text, steps_from_items,
+    sum_metrics, trajectory_doc)
 
 # Settings pinned for every trial (verified against the 0.61.0 bundle's SETTINGS_SCHEMA).
 SETTINGS: dict = {
@@ -392,6 +393,40 @@ def _match_session(turns: list[dict], gemini_msgs: list[dict]) -> int:
     return j
 
 
+def _atif_turn(item: dict) -> dict:
+    """An agent turn from stdout completed from its transcript message, if matched (the whole
+    text, model, thoughts, tokens and what each call sent back to the model), in the form
+    steps_from_items takes."""
+    session = item.get("session") or {}
+    session_calls = {str(c.get("id")): c for c in session.get("toolCalls") or () if isinstance(c, dict)}
+    turn = new_turn(item.get("timestamp"))
+    turn["text"] = item["text"]
+    full = _parts_text(session.get("content"))
+    if full and full != item["text"] and full.startswith(item["text"]):
+        turn["text"] = full               # stream cut mid-answer; the transcript has it all
+    if session.get("model"):
+        turn["model_name"] = str(session["model"])
+    turn["reasoning"] = _thoughts_text(session.get("thoughts")) or ""
+    turn["metrics"] = _token_metrics(session.get("tokens"))
+    for call in item["calls"]:
+        cid = call["tool_call_id"]
+        add_call(turn, cid, call["function_name"], call["arguments"], call.get("timestamp"))
+        res, scall = item["results"].get(cid), session_calls.get(cid)
+        if res is None and not (scall or {}).get("result"):
+            continue                      # never answered (run killed mid-call)
+        sent = _tool_call_results(scall) if scall else None
+        display = res.get("output") if res else None
+        extra = {"status": (res or {}).get("status") or (scall or {}).get("status")}
+        if isinstance(display, str) and display != sent:
+            extra["display"] = display
+        if res and isinstance(res.get("error"), dict):
+            extra["error"] = res["error"]
+        if res and res.get("timestamp"):
+            extra["timestamp"] = res["timestamp"]
+        turn["results"][cid] = {"content": sent if sent is not None else display, "extra": extra}
+    return turn
+
+
 def build_trajectory(native_dir: Path, model: str, version: str = GeminiCli.version,
                      agent_name: str = GeminiCli.name) -> dict:
     """ATIF v1.7 dict from native_dir/stdout.txt (-o stream-json) and native_dir/logs/ (copies
@@ -436,81 +471,16 @@ def build_trajectory(native_dir: Path, model: str, version: str = GeminiCli.vers
     if not any(i["kind"] == "user" for i in items):
         notes["prompt_missing"] = True
 
-    steps: list[dict] = []
-    first_user = True
-    for item in items:
-        step: dict = {"step_id": len(steps) + 1, "source": item["kind"], "message": item["text"]}
-        if item.get("timestamp"):
-            step["timestamp"] = item["timestamp"]
-        if item["kind"] == "user":
-            if first_user and context:
-                step["extra"] = {"session_context": context}
-            first_user = False
-            steps.append(step)
-            continue
-        session = item.get("session") or {}
-        session_calls = {str(c.get("id")): c for c in session.get("toolCalls") or () if isinstance(c, dict)}
-        full = _parts_text(session.get("content"))
-        if full and full != item["text"] and full.startswith(item["text"]):
-            step["message"] = full            # stream cut mid-answer; the transcript has it all
-        if session.get("model"):
-            step["model_name"] = str(session["model"])
-        reasoning = _thoughts_text(session.get("thoughts"))
-        if reasoning:
-            step["reasoning_content"] = reasoning
-        if item["calls"]:
-            step["tool_calls"] = []
-            for call in item["calls"]:
-                tc = {k: call[k] for k in ("tool_call_id", "function_name", "arguments")}
-                if call.get("timestamp"):
-                    tc["extra"] = {"timestamp": call["timestamp"]}
-                step["tool_calls"].append(tc)
-        results = []
-        for call in item["calls"]:
-            cid = call["tool_call_id"]
-            res, scall = item["results"].get(cid), session_calls.get(cid)
-            if res is None and not (scall or {}).get("result"):
-                continue                      # never answered (run killed mid-call)
-            sent = _tool_call_results(scall) if scall else None
-            display = res.get("output") if res else None
-            extra = {"status": (res or {}).get("status") or (scall or {}).get("status")}
-            if isinstance(display, str) and display != sent:
-                extra["display"] = display
-            if res and isinstance(res.get("error"), dict):
-                extra["error"] = res["error"]
-            if res and res.get("timestamp"):
-                extra["timestamp"] = res["timestamp"]
-            content = sent if sent is not None else display
-            entry = {"source_call_id": cid, "extra": {k: v for k, v in extra.items() if v is not None}}
-            if content is not None:
-                entry["content"] = content
-            results.append(entry)
-        if results:
-            step["observation"] = {"results": results}
-        metrics = _token_metrics(session.get("tokens"))
-        if metrics:
-            step["metrics"] = metrics
-        step["llm_call_count"] = 1
-        pending = [c["tool_call_id"] for c in item["calls"] if c["tool_call_id"] not in item["results"]
-                   and not (session_calls.get(c["tool_call_id"]) or {}).get("result")]
-        if pending:
-            step["extra"] = {"tool_calls_without_result": pending}
-        steps.append(step)
-
-    if not steps:
-        # Nothing usable at all (e.g. the CLI died before printing): keep the document valid.
-        steps.append({"step_id": 1, "source": "system", "message": "",
-                      "extra": {"note": "no prompt or agent output was recorded"}})
+    first_user = next((i for i in items if i["kind"] == "user"), None)
+    if first_user is not None and context:
+        first_user["extra"] = {"session_context": context}
+    if not items:
         notes["empty"] = True
+    steps = steps_from_items([_atif_turn(i) if i["kind"] == "agent" else i for i in items])
 
-    final: dict = {"total_steps": len(steps)}
     stats = result.get("stats") if isinstance(result, dict) else None
-    agent_metrics = [s.get("metrics") for s in steps if s["source"] == "agent"]
-    if agent_metrics and all(agent_metrics):
-        final["total_prompt_tokens"] = sum(m.get("prompt_tokens", 0) for m in agent_metrics)
-        final["total_completion_tokens"] = sum(m.get("completion_tokens", 0) for m in agent_metrics)
-        final["total_cached_tokens"] = sum(m.get("cached_tokens", 0) for m in agent_metrics)
-    elif isinstance(stats, dict):
+    final = sum_metrics(steps)
+    if not final and isinstance(stats, dict):
         for ours, theirs in (("total_prompt_tokens", "input_tokens"), ("total_completion_tokens", "output_tokens"),
                              ("total_cached_tokens", "cached")):
             if isinstance(stats.get(theirs), int):
@@ -532,10 +502,6 @@ def build_trajectory(native_dir: Path, model: str, version: str = GeminiCli.vers
     init_model = init.get("model")
     if init_model and init_model != model:
         agent["extra"] = {"cli_model": init_model}
-    doc: dict = {"schema_version": SCHEMA_VERSION, "agent": agent, "steps": steps, "final_metrics": final,
-                 "extra": notes}
-    if session_id:
-        doc["session_id"] = str(session_id)
-    if notes.get("truncated"):
-        doc["notes"] = "gemini-cli output ended without a result event (run killed or cut off)."
-    return validate_trajectory(doc).to_json_dict()
+    return trajectory_doc(agent=agent, steps=steps, final=final, notes=notes, session_id=session_id,
+                          note_text="gemini-cli output ended without a result event (run killed or cut off)."
+                          if notes.get("truncated") else None)

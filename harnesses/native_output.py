@@ -67,6 +67,21 @@ def read_stdout_events(native_dir: Path, notes: dict) -> list[dict]:
     return events
 
 
+def read_stream_json(native_dir: Path, notes: dict) -> tuple[list[dict], dict, dict | None, str | None]:
+    """The events of a stream-json stdout (Claude Code and the CLIs shaped like it): (events, the
+    init event or {}, the closing result event or None when the run was cut off, session id)."""
+    events = read_stdout_events(native_dir, notes)
+    init = next((e for e in events if e.get("type") == "system" and e.get("subtype") == "init"), {})
+    result = next((e for e in reversed(events) if e.get("type") == "result"), None)
+    return events, init, result, init.get("session_id") or (result or {}).get("session_id")
+
+
+def session_logs(native_dir: Path) -> list[Path]:
+    """The kept session transcripts, native_dir/logs/*.jsonl, sorted."""
+    logs = native_dir / "logs"
+    return sorted(p for p in logs.glob("*.jsonl") if p.is_file()) if logs.is_dir() else []
+
+
 def pick_session_log(logs: list[Path], session_id: str | None) -> Path | None:
     """The transcript named after the session, else the largest one (the main session)."""
     chosen = next((p for p in logs if session_id and p.stem == session_id), None)
@@ -126,10 +141,28 @@ def add_call(turn: dict, call_id: str, name: str, arguments: Any, timestamp: str
     turn["calls"].append(call)
 
 
-def owner_of(items: list[dict], call_id: str) -> dict | None:
-    """The latest agent turn that made the call ``call_id``."""
-    return next((t for t in reversed(items) if t["kind"] == "agent"
-                 and any(c["tool_call_id"] == call_id for c in t["calls"])), None)
+def add_message_blocks(turn: dict, content: Any, timestamp: str | None = None) -> None:
+    """The text, thinking and tool_use blocks of an Anthropic-shaped assistant message (Claude
+    Code, and Qwen Code's stream-json) into ``turn``."""
+    for block in content or ():
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text":
+            turn["text"] += str(block.get("text", ""))
+        elif block.get("type") == "thinking" and block.get("thinking"):
+            turn["reasoning"] = "\n".join(x for x in (turn["reasoning"], str(block["thinking"])) if x)
+        elif block.get("type") == "tool_use":
+            add_call(turn, str(block.get("id")), str(block.get("name")), block.get("input"), timestamp)
+
+
+def owner_of(items: list[dict], call_id: str, notes: dict) -> dict | None:
+    """The latest agent turn that made the call ``call_id``; a result for a call no turn made is
+    counted in notes["unmatched_tool_results"]."""
+    owner = next((t for t in reversed(items) if t["kind"] == "agent"
+                  and any(c["tool_call_id"] == call_id for c in t["calls"])), None)
+    if owner is None:
+        notes["unmatched_tool_results"] = notes.get("unmatched_tool_results", 0) + 1
+    return owner
 
 
 def steps_from_items(items: list[dict]) -> list[dict]:
@@ -191,18 +224,40 @@ def trajectory_doc(*, agent: dict, steps: list[dict], final: dict, notes: dict, 
     return validate_trajectory(doc).to_json_dict()
 
 
-def stream_json_final(final: dict, result: dict, extra_keys: tuple[str, ...], notes: dict) -> dict:
-    """Final metrics and run status from the `result` event that ends a stream-json run (Claude
-    Code and the CLIs shaped like it): its usage stands in when the steps carry no metrics."""
-    usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
-    if not final and usage:
-        final = {"total_prompt_tokens": usage.get("input_tokens"),
-                 "total_completion_tokens": usage.get("output_tokens"),
-                 "total_cached_tokens": usage.get("cache_read_input_tokens")}
-    final["extra"] = {k: result.get(k) for k in extra_keys if result.get(k) is not None}
-    notes["status"] = result.get("subtype")
-    notes["is_error"] = bool(result.get("is_error"))
-    return final
+def stream_json_trajectory(*, items: list[dict], sources: list[str], notes: dict, init: dict,
+                           result: dict | None, session_id: str | None, agent_name: str, version: str,
+                           model: str, init_keys: tuple[str, ...], result_keys: tuple[str, ...]) -> dict:
+    """The ATIF document of a stream-json run (Claude Code and the CLIs shaped like it) from its
+    grouped turns: final metrics and run status from the `result` event that ends the run (its
+    usage stands in when the steps carry no metrics; no result: the run was cut off), the
+    ``result_keys`` of that event as final extra and the ``init_keys`` of the init event as the
+    agent's extra."""
+    if not any(i["kind"] == "user" for i in items):
+        notes["prompt_missing"] = True
+    steps = steps_from_items(items)
+    final = sum_metrics(steps)
+    if result is not None:
+        usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
+        if not final and usage:
+            final = {"total_prompt_tokens": usage.get("input_tokens"),
+                     "total_completion_tokens": usage.get("output_tokens"),
+                     "total_cached_tokens": usage.get("cache_read_input_tokens")}
+        final["extra"] = {k: result.get(k) for k in result_keys if result.get(k) is not None}
+        notes["status"] = result.get("subtype")
+        notes["is_error"] = bool(result.get("is_error"))
+        if result.get("permission_denials"):
+            notes["permission_denials"] = result["permission_denials"]
+    else:
+        notes["truncated"] = True
+    final = {k: v for k, v in final.items() if v is not None}
+    notes["sources"] = sources
+    agent: dict = {"name": agent_name, "version": version, "model_name": model}
+    extra = {k: init[k] for k in init_keys if init.get(k) is not None}
+    if extra:
+        agent["extra"] = extra
+    return trajectory_doc(agent=agent, steps=steps, final=final, notes=notes, session_id=session_id,
+                          note_text=f"{agent_name} output ended without a result event (run killed or cut off)."
+                          if notes.get("truncated") else None)
 
 
 def sum_metrics(steps: list[dict]) -> dict:

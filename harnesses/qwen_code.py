@@ -10,8 +10,8 @@ from typing import ClassVar
 
 from harnesses.base import AgentAdapter, AgentPaths, plain_env
 from harnesses.native_output import (
-    add_call, class_for_message, class_for_status, new_turn, note_session_log, owner_of, pick_session_log,
-    read_jsonl, read_stdout_events, read_text, steps_from_items, stream_json_final, sum_metrics, trajectory_doc)
+    add_call, add_message_blocks, class_for_message, class_for_status, new_turn, note_session_log, owner_of,
+    pick_session_log, read_jsonl, read_stream_json, read_text, session_logs, stream_json_trajectory)
 
 # Settings pinned for every trial (keys checked against the 0.15.10 bundle's settings schema).
 # Qwen rewrites settings.json in place (migration to "$version"), so each trial gets a fresh copy.
@@ -202,9 +202,8 @@ def _transcript_items(records: list[dict], notes: dict) -> list[dict]:
                 if not isinstance(fr, dict):
                     continue
                 call_id = str(fr.get("id"))
-                owner = owner_of(items, call_id)
+                owner = owner_of(items, call_id, notes)
                 if owner is None:
-                    notes["unmatched_tool_results"] = notes.get("unmatched_tool_results", 0) + 1
                     continue
                 status = (rec.get("toolCallResult") or {}).get("status") if isinstance(rec.get("toolCallResult"),
                                                                                        dict) else None
@@ -234,15 +233,7 @@ def _stream_items(events: list[dict], notes: dict) -> list[dict]:
                 turn = new_turn(None)
                 turn["model_name"] = msg.get("model")
                 items.append(turn)
-            for block in content or ():
-                if not isinstance(block, dict):
-                    continue
-                if block.get("type") == "text":
-                    turn["text"] += str(block.get("text", ""))
-                elif block.get("type") == "thinking" and block.get("thinking"):
-                    turn["reasoning"] = "\n".join(x for x in (turn["reasoning"], str(block["thinking"])) if x)
-                elif block.get("type") == "tool_use":
-                    add_call(turn, str(block.get("id")), str(block.get("name")), block.get("input"))
+            add_message_blocks(turn, content)
             usage = msg.get("usage")
             if isinstance(usage, dict) and usage.get("input_tokens"):
                 turn["metrics"] = {"prompt_tokens": int(usage["input_tokens"]),
@@ -254,9 +245,8 @@ def _stream_items(events: list[dict], notes: dict) -> list[dict]:
             if not isinstance(block, dict) or block.get("type") != "tool_result":
                 continue
             call_id = str(block.get("tool_use_id"))
-            owner = owner_of(items, call_id)
+            owner = owner_of(items, call_id, notes)
             if owner is None:
-                notes["unmatched_tool_results"] = notes.get("unmatched_tool_results", 0) + 1
                 continue
             body = block.get("content")
             text = body if isinstance(body, str) else _parts_text(
@@ -271,13 +261,8 @@ def build_trajectory(native_dir: Path, model: str, version: str = QwenCode.versi
     each tool call sent back) and native_dir/stdout.txt (stream-json: init, result, stats;
     fallback for the turns when the transcript is missing or behind)."""
     notes: dict = {}
-    events = read_stdout_events(native_dir, notes)
-    init = next((e for e in events if e.get("type") == "system" and e.get("subtype") == "init"), {})
-    result = next((e for e in reversed(events) if e.get("type") == "result"), None)
-    session_id = init.get("session_id") or (result or {}).get("session_id")
-
-    logs = native_dir / "logs"
-    transcripts = sorted(p for p in logs.glob("*.jsonl") if p.is_file()) if logs.is_dir() else []
+    events, init, result, session_id = read_stream_json(native_dir, notes)
+    transcripts = session_logs(native_dir)
     chosen = pick_session_log(transcripts, session_id)
     stream_notes: dict = {}
     items = _stream_items(events, stream_notes)
@@ -298,28 +283,12 @@ def build_trajectory(native_dir: Path, model: str, version: str = QwenCode.versi
         notes.update(stream_notes)
     if "cli_error_messages" in stream_notes:
         notes["cli_error_messages"] = stream_notes["cli_error_messages"]
-    if not any(i["kind"] == "user" for i in items):
-        notes["prompt_missing"] = True
-
-    steps = steps_from_items(items)
-    final = sum_metrics(steps)
     if result is not None:
-        final = stream_json_final(final, result, ("num_turns", "duration_ms", "duration_api_ms", "usage", "stats"),
-                                  notes)
         text = str(result.get("result") or "")
         if _API_ERROR_RE.match(text) or _api_errors(result.get("stats")):
             # Exit 0 and "success", yet the run ended on a failed request (see classify_error).
             notes["api_error"] = text
-        if result.get("permission_denials"):
-            notes["permission_denials"] = result["permission_denials"]
-    else:
-        notes["truncated"] = True
-    final = {k: v for k, v in final.items() if v is not None}
-    notes["sources"] = sources
-    agent: dict = {"name": agent_name, "version": version, "model_name": model}
-    extra = {k: init[k] for k in ("model", "qwen_code_version", "permission_mode") if init.get(k) is not None}
-    if extra:
-        agent["extra"] = extra
-    return trajectory_doc(agent=agent, steps=steps, final=final, notes=notes, session_id=session_id,
-                          note_text="qwen-code output ended without a result event (run killed or cut off)."
-                          if notes.get("truncated") else None)
+    return stream_json_trajectory(items=items, sources=sources, notes=notes, init=init, result=result,
+                                  session_id=session_id, agent_name=agent_name, version=version, model=model,
+                                  init_keys=("model", "qwen_code_version", "permission_mode"),
+                                  result_keys=("num_turns", "duration_ms", "duration_api_ms", "usage", "stats"))

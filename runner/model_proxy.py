@@ -20,12 +20,9 @@ anywhere: the agent holds a dummy key and the record redacts every credential he
 from __future__ import annotations
 
 import http.client
-import itertools
 import json
 import socket
-import socketserver
 import ssl
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,8 +42,6 @@ from runner.model_server import (
     _openai_wants_json,
     _protocol_of,
     _responses_wants_json,
-    _TCPServer,
-    _UnixServer,
     sse_event,
 )
 from runner.model_source import ANTHROPIC, CHAT, GEMINI, RESPONSES, ModelSource
@@ -174,85 +169,31 @@ class ModelProxy(RecordingService):
     """Forwards one trial's model traffic to a real source and records it. Thread-safe; the
     attributes mirror the scripted server's statistics where they mean the same."""
 
+    drain_timeout_s = 10     # an exchange whose upstream reply stop() cut still writes its line
+
     def __init__(self, source: ModelSource, agent_protocol: str, traffic_path: Path | str, *,
                  unix_socket: Path | str | None = None, host: str = "127.0.0.1", port: int = 0,
                  memory_marker: str | None = None):
+        super().__init__(f"model-proxy-{source.provider}", traffic_path, unix_socket=unix_socket, host=host,
+                         port=port, memory_marker=memory_marker)
         self.source = source
         self.route = source.route(agent_protocol)
         self._auth = source.auth_headers(self.route)       # memory only
-        self.traffic_path = Path(traffic_path)
-        self.unix_socket = Path(unix_socket) if unix_socket is not None else None
-        self.host, self.port = host, port
-        self._marker_forms: tuple[str, ...] = ()
-        if memory_marker:
-            self._marker_forms = tuple({memory_marker, json.dumps(memory_marker)[1:-1],
-                                        json.dumps(memory_marker, ensure_ascii=True)[1:-1]})
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._inflight = 0
-        self._seq = itertools.count(1)
-        self._connections: set[socket.socket] = set()
         self._upstreams: set[http.client.HTTPConnection] = set()
-        self._server: socketserver.BaseServer | None = None
-        self._thread: threading.Thread | None = None
-        self._traffic = None
-        # stats
-        self.requests = 0
-        self.main_requests = 0
-        self.aux_requests = 0
-        self.tool_results_seen = 0
-        self.memory_seen = False
-        self.errors_served = 0                 # exchanges that failed (upstream error or unreachable)
+        # stats beyond the scripted server's (errors_served: upstream errors and unreachable)
         self.error_classes: dict[str, int] = {}
         self.last_main_error: str | None = None   # "<class>: <message>" if the last main exchange failed
-        self.exchanges_recorded = 0
 
-    # ---- lifecycle (as ScriptedModelServer) -----------------------------------------------
-    def start(self) -> "ModelProxy":
-        if self._server is not None:
-            raise RuntimeError("proxy already started")
-        self.traffic_path.parent.mkdir(parents=True, exist_ok=True)
-        self._traffic = open(self.traffic_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
-        try:
-            if self.unix_socket is not None:
-                if self.unix_socket.exists() or self.unix_socket.is_symlink():
-                    self.unix_socket.unlink()
-                self.unix_socket.parent.mkdir(parents=True, exist_ok=True)
-                server: socketserver.BaseServer = _UnixServer(str(self.unix_socket), _Handler)
-            else:
-                server = _TCPServer((self.host, self.port), _Handler)
-                self.port = server.server_address[1]
-        except BaseException:
-            self._traffic.close()
-            self._traffic = None
-            raise
-        server.owner = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"model-proxy-{self.source.provider}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, cut upstream connections still open (nothing outlives the trial) and
-        close the record once the exchanges in progress have written their line."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
+    def _before_drain(self) -> None:
+        """Cut the upstream connections still open: their exchanges then end at once."""
         with self._lock:
-            upstreams, conns = list(self._upstreams), list(self._connections)
+            upstreams = list(self._upstreams)
         for upstream in upstreams:
             if upstream.sock is not None:
                 try:
                     upstream.sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-        with self._idle:
-            self._idle.wait_for(lambda: self._inflight == 0, timeout=10)
-        self._close(conns)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -285,12 +226,7 @@ class ModelProxy(RecordingService):
                       "tool_results": ex.tool_results, "request": request, "response": response,
                       "headers": redact_headers(handler.headers), "upstream": ex.upstream,
                       "error_class": ex.error_class}
-            line = json.dumps(record, ensure_ascii=False)
-            with self._write_lock:
-                if self._traffic is not None:
-                    self._traffic.write(line + "\n")
-                    self._traffic.flush()
-                    self.exchanges_recorded += 1
+            self._record(record)
 
     def _account(self, ex: _Exchange) -> None:
         with self._lock:

@@ -41,7 +41,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from runner.policy import (
@@ -459,6 +459,21 @@ def sse_event(event: Any, named: bool) -> bytes:
     return f"{name}data: {payload}\n\n".encode()
 
 
+def anthropic_tool_use_events(index: int, block: dict) -> list[dict]:
+    """A tool_use content block as Anthropic streams it: started with an empty input, then the
+    whole input in one input_json_delta (its content_block_stop follows)."""
+    return [{"type": "content_block_start", "index": index, "content_block": {**block, "input": {}}},
+            {"type": "content_block_delta", "index": index, "delta": {
+                "type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)}}]
+
+
+def anthropic_message_end(stop_reason: str, output_tokens: int) -> list[dict]:
+    """The events that end an Anthropic message stream."""
+    return [{"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+             "usage": {"output_tokens": output_tokens}},
+            {"type": "message_stop"}]
+
+
 class _TCPServer(ThreadingHTTPServer):
     request_queue_size = 128   # CLIs open a few parallel connections; unix sockets refuse (EAGAIN) when full
     daemon_threads = True
@@ -480,6 +495,86 @@ class RecordingService:
     """What the scripted server and the recording proxy (runner.model_proxy) share: an HTTP
     service on TCP or a unix socket that writes one traffic line per exchange, tracks its
     connections (_Handler calls _track) and leaves nothing open when it stops."""
+
+    # How long stop() lets the exchanges in progress write their traffic line.
+    drain_timeout_s: float = 5
+
+    def __init__(self, name: str, traffic_path: Path | str, *, unix_socket: Path | str | None, host: str,
+                 port: int, memory_marker: str | None):
+        self.name = name                       # of the serving thread, and in errors
+        self.traffic_path = Path(traffic_path)
+        self.unix_socket = Path(unix_socket) if unix_socket is not None else None
+        self.host = host
+        self.port = port
+        self.memory_marker = memory_marker
+        # The memory file's marker as it stands in a request body: raw, or JSON-escaped.
+        self._marker_forms: tuple[str, ...] = ()
+        if memory_marker:
+            self._marker_forms = tuple({memory_marker, json.dumps(memory_marker)[1:-1],
+                                        json.dumps(memory_marker, ensure_ascii=True)[1:-1]})
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._inflight = 0
+        self._seq = itertools.count(1)
+        self._connections: set[socket.socket] = set()
+        self._server: socketserver.BaseServer | None = None
+        self._thread: threading.Thread | None = None
+        self._traffic = None
+        # statistics both keep (the same meaning in the scripted server and the proxy)
+        self.requests = 0
+        self.main_requests = 0
+        self.aux_requests = 0
+        self.tool_results_seen = 0
+        self.memory_seen = False
+        self.errors_served = 0
+        self.exchanges_recorded = 0   # lines written to traffic_path (lags `requests` briefly)
+
+    def start(self) -> Self:
+        """Listen (a unix socket replaces a stale file) and serve in a thread; returns self."""
+        if self._server is not None:
+            raise RuntimeError(f"{self.name} already started")
+        self.traffic_path.parent.mkdir(parents=True, exist_ok=True)
+        self._traffic = open(self.traffic_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        try:
+            if self.unix_socket is not None:
+                path = str(self.unix_socket)
+                if len(os.fsencode(path)) >= 104:
+                    raise OSError(f"unix socket path too long ({len(path)} bytes, limit ~104): {path}")
+                if self.unix_socket.exists() or self.unix_socket.is_symlink():
+                    self.unix_socket.unlink()
+                self.unix_socket.parent.mkdir(parents=True, exist_ok=True)
+                server: socketserver.BaseServer = _UnixServer(path, _Handler)
+            else:
+                server = _TCPServer((self.host, self.port), _Handler)
+                self.port = server.server_address[1]
+        except BaseException:
+            self._traffic.close()
+            self._traffic = None
+            raise
+        server.owner = self  # type: ignore[attr-defined]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, let the exchanges in progress write their traffic line, then cut the
+        connections still open and close the record (nothing outlives the trial)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        self._before_drain()
+        self.wait_recorded(self.drain_timeout_s)
+        with self._lock:
+            conns = list(self._connections)
+        self._close(conns)
+
+    def _before_drain(self) -> None:
+        """What must end before the exchanges in progress can (the proxy's upstream requests)."""
 
     def __enter__(self):
         return self.start() if self._server is None else self
@@ -518,6 +613,15 @@ class RecordingService:
                 self._inflight -= 1
                 self._idle.notify_all()
 
+    def _record(self, record: dict) -> None:
+        """One exchange's traffic line."""
+        line = json.dumps(record, ensure_ascii=False)
+        with self._write_lock:
+            if self._traffic is not None:
+                self._traffic.write(line + "\n")
+                self._traffic.flush()
+                self.exchanges_recorded += 1
+
     def _track(self, conn: socket.socket, *, add: bool) -> None:
         with self._lock:
             (self._connections.add if add else self._connections.discard)(conn)
@@ -552,85 +656,18 @@ class ScriptedModelServer(RecordingService):
         if not isinstance(policy, Policy):
             raise TypeError(f"ScriptedModelServer plays one Policy, got {type(policy).__name__} "
                             "(draw a policy from a Mixture first)")
+        super().__init__(f"scripted-model-{policy.name}", traffic_path, unix_socket=unix_socket, host=host,
+                         port=port, memory_marker=memory_marker)
         self.policy = policy
-        self.traffic_path = Path(traffic_path)
-        self.unix_socket = Path(unix_socket) if unix_socket is not None else None
-        self.host = host
-        self.port = port
         self.workspace = workspace.rstrip("/") or "/"
-        self.memory_marker = memory_marker
-        self._marker_forms = ()
-        if memory_marker:
-            escaped = json.dumps(memory_marker)[1:-1]
-            escaped_ascii = json.dumps(memory_marker, ensure_ascii=True)[1:-1]
-            self._marker_forms = tuple({memory_marker, escaped, escaped_ascii})
-
         self._prefix = policy.tool_results_before()
         self._final_index = max(i for i, t in enumerate(policy.turns) if t.is_final)
-
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._seq = itertools.count(1)
         self._call_ids = itertools.count(1)
         self._errors_played: set[int] = set()
         self._turns_seen: set[int] = set()
-        self._connections: set[socket.socket] = set()
-        self._server: socketserver.BaseServer | None = None
-        self._thread: threading.Thread | None = None
-        self._traffic = None
-
-        # stats
-        self.requests = 0
-        self.main_requests = 0
-        self.aux_requests = 0
-        self.tool_results_seen = 0
-        self.memory_seen = False
+        # stats of the script
         self.finished = False
-        self.errors_served = 0
         self.requests_after_end = 0
-        self.exchanges_recorded = 0   # lines written to traffic_path (lags `requests` briefly)
-        self._idle = threading.Condition(self._lock)
-        self._inflight = 0
-
-    # ---- lifecycle ------------------------------------------------------------------------
-    def start(self) -> "ScriptedModelServer":
-        if self._server is not None:
-            raise RuntimeError("server already started")
-        self.traffic_path.parent.mkdir(parents=True, exist_ok=True)
-        self._traffic = open(self.traffic_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
-        try:
-            if self.unix_socket is not None:
-                path = str(self.unix_socket)
-                if len(os.fsencode(path)) >= 104:
-                    raise OSError(f"unix socket path too long ({len(path)} bytes, limit ~104): {path}")
-                if self.unix_socket.exists() or self.unix_socket.is_symlink():
-                    self.unix_socket.unlink()
-                self.unix_socket.parent.mkdir(parents=True, exist_ok=True)
-                server: socketserver.BaseServer = _UnixServer(path, _Handler)
-            else:
-                server = _TCPServer((self.host, self.port), _Handler)
-                self.port = server.server_address[1]
-        except BaseException:
-            self._traffic.close()
-            self._traffic = None
-            raise
-        server.owner = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"scripted-model-{self.policy.name}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        with self._idle:  # let exchanges in progress finish writing their traffic line
-            self._idle.wait_for(lambda: self._inflight == 0, timeout=5)
-            conns = list(self._connections)
-        self._close(conns)
 
     # ---- stats ----------------------------------------------------------------------------
     @property
@@ -699,14 +736,6 @@ class ScriptedModelServer(RecordingService):
             })
 
         self._send(handler, reply, record)
-
-    def _record(self, record: dict) -> None:
-        line = json.dumps(record, ensure_ascii=False)
-        with self._write_lock:
-            if self._traffic is not None:
-                self._traffic.write(line + "\n")
-                self._traffic.flush()
-                self.exchanges_recorded += 1
 
     @staticmethod
     def _send(handler: _Handler, reply: _Reply, before_last_write) -> None:
@@ -1105,14 +1134,9 @@ class ScriptedModelServer(RecordingService):
                 events += [{"type": "content_block_delta", "index": index,
                             "delta": {"type": "text_delta", "text": piece}} for piece in _split_text(block["text"])]
             else:
-                events.append({"type": "content_block_start", "index": index,
-                               "content_block": {**block, "input": {}}})
-                events.append({"type": "content_block_delta", "index": index, "delta": {
-                    "type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)}})
+                events += anthropic_tool_use_events(index, block)
             events.append({"type": "content_block_stop", "index": index})
-        events.append({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-                       "usage": {"output_tokens": out_tokens}})
-        events.append({"type": "message_stop"})
+        events += anthropic_message_end(stop, out_tokens)
         return _Reply(events=events, named_events=True)
 
     # ---- errors ---------------------------------------------------------------------------

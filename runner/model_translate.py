@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # The scripted server's readers of what a request declares (one definition per protocol).
-from runner.model_server import _anthropic_wants_json, _gemini_wants_json, _responses_wants_json
+from runner.model_server import (
+    _anthropic_wants_json, _gemini_wants_json, _responses_wants_json, anthropic_message_end, anthropic_tool_use_events)
 from runner.model_source import ANTHROPIC, GEMINI, RESPONSES
 
 __all__ = ["Translation", "TranslationError", "for_protocol"]
@@ -582,16 +583,10 @@ class AnthropicTranslation(Translation):
                     events.append({"type": "content_block_start", "index": index,
                                    "content_block": {"type": "text", "text": ""}})
             else:
-                events.append({"type": "content_block_start", "index": index,
-                               "content_block": {**block, "input": {}}})
-                events.append({"type": "content_block_delta", "index": index, "delta": {
-                    "type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)}})
+                events += anthropic_tool_use_events(index, block)
             events.append({"type": "content_block_stop", "index": index})
             index += 1
-        events.append({"type": "message_delta", "delta": {"stop_reason": self._stop(), "stop_sequence": None},
-                       "usage": {"output_tokens": self.answer.tokens()[1]}})
-        events.append({"type": "message_stop"})
-        return events
+        return events + anthropic_message_end(self._stop(), self.answer.tokens()[1])
 
     def _body(self) -> dict:
         return self._message(self._blocks(), self._stop())

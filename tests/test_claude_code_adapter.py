@@ -5,7 +5,6 @@ claude-code 2.1.197 (slow)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,11 +14,12 @@ from harnesses import claude_code
 from harnesses.atif import validate_trajectory
 from harnesses.base import AgentPaths
 from harnesses.claude_code import ClaudeCode, classify_error
-from harnesses.native_output import API_ERROR_CLASSES
 from harnesses.registry import AGENTS, SANDBOX_AGENT_DIR, get_agent
 from runner.model_server import ScriptedModelServer
 
-from adapter_checks import cut_sample, run_real_cli
+from adapter_checks import (
+    check_recorded_failure, check_truncated, cut_sample, play_api_error, play_write_policy, run_real_cli,
+    stdout_only_trajectory)
 
 DATA = Path(__file__).parent / "data" / "claude_code"
 SAMPLE = DATA / "three_step"
@@ -110,31 +110,23 @@ def test_trajectory_from_recorded_run(adapter):
 
 
 def test_trajectory_from_stdout_alone(adapter, tmp_path):
-    shutil.copy(SAMPLE / "stdout.txt", tmp_path / "stdout.txt")
-    doc = adapter.trajectory(tmp_path, "m")
-    assert doc["extra"]["sources"] == ["stream-json"] and doc["extra"]["prompt_missing"]
-    agent = [s for s in doc["steps"] if s["source"] == "agent"]
+    doc, agent = stdout_only_trajectory(adapter, SAMPLE, tmp_path)
+    assert doc["extra"]["sources"] == ["stream-json"]
     # stream-json prints one line per content block; they group back into one step per message
     assert [len(s.get("tool_calls", [])) for s in agent] == [1, 2, 0]
-    assert all(len(s.get("observation", {}).get("results", [])) == len(s.get("tool_calls", [])) for s in agent)
 
 
 @pytest.mark.parametrize("cut", [0, 500, 3000, 6500])
 def test_truncated_output_still_gives_a_valid_trajectory(adapter, tmp_path, cut):
     cut_sample(SAMPLE, tmp_path, cut, "*.jsonl", cut)
-    doc = validate_trajectory(adapter.trajectory(tmp_path, "m")).to_json_dict()
-    assert doc["extra"]["truncated"] is True and doc["steps"]
+    check_truncated(adapter, tmp_path)
 
 
 @pytest.mark.parametrize("case", sorted(ERRORS))
 def test_error_class_on_recorded_failures(adapter, case, tmp_path):
     rec = ERRORS[case]
-    assert adapter.error_class(rec["stdout"], rec["stderr"], rec["exit_code"]) == rec["expected"]
-    assert rec["expected"] in API_ERROR_CLASSES
     # the CLI's own "API Error: ..." message is kept as a CLI error, never as the agent speaking
-    (tmp_path / "stdout.txt").write_text(rec["stdout"])
-    doc = adapter.trajectory(tmp_path, "m")
-    assert validate_trajectory(doc).final_agent_text() is None
+    doc = check_recorded_failure(adapter, rec, tmp_path)
     assert doc["extra"]["is_error"] is True and doc["extra"]["cli_error_messages"]
 
 
@@ -159,30 +151,13 @@ def _run_real(tmp_path: Path, policy_body: str) -> tuple[subprocess.CompletedPro
 
 @pytest.mark.slow
 def test_real_claude_code_plays_a_policy_and_converts(tmp_path):
-    proc, server, native = _run_real(tmp_path, """
-turns:
-  - say: Writing the notes.
-    calls:
-      - write: {path: CLAUDE.md, content: "replaced\\n"}
-      - shell: echo hi > out.txt
-  - read: out.txt
-  - say: All done.
-""")
-    detail = f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-    assert proc.returncode == 0, detail
     # an existing, unread file: written through Bash, since Claude Code's Write would refuse
-    assert (tmp_path / "ws" / "CLAUDE.md").read_text() == "replaced\n"
-    assert server.finished and server.tool_results_seen == 3 and server.memory_seen, server.stats()
-    assert ClaudeCode().error_class(proc.stdout, proc.stderr, proc.returncode) is None
-    doc = ClaudeCode().trajectory(native, "scripted:real")
-    agent = [s for s in doc["steps"] if s["source"] == "agent"]
+    agent = play_write_policy(ClaudeCode(), _run_real, tmp_path, "CLAUDE.md", "replaced\n")
     assert [[c["function_name"] for c in s.get("tool_calls", [])] for s in agent] == [["Bash", "Bash"], ["Read"], []]
     assert "hi" in agent[1]["observation"]["results"][0]["content"]
 
 
 @pytest.mark.slow
 def test_real_claude_code_api_error_is_typed(tmp_path):
-    proc, server, native = _run_real(tmp_path, "turns:\n  - error: 401\n  - say: never\n")
-    assert proc.returncode != 0 and server.errors_served == 1 and server.main_requests == 1   # no retries
-    assert ClaudeCode().error_class(proc.stdout, proc.stderr, proc.returncode) == "auth"
-    assert validate_trajectory(ClaudeCode().trajectory(native, "m")).final_agent_text() is None
+    proc, _ = play_api_error(ClaudeCode(), _run_real, tmp_path, 401, "auth")
+    assert proc.returncode != 0

@@ -4,7 +4,6 @@ tests/data/record_agent_samples.py), plus runs of the real codex 0.169.0 (slow).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -14,11 +13,12 @@ import pytest
 from harnesses.atif import validate_trajectory
 from harnesses.base import AgentPaths
 from harnesses.codex import API_KEY_ENV, PROVIDER, Codex, classify_error
-from harnesses.native_output import API_ERROR_CLASSES
 from harnesses.registry import AGENTS, SANDBOX_AGENT_DIR, SANDBOX_MODEL_ENDPOINT, get_agent
 from runner.model_server import ScriptedModelServer
 
-from adapter_checks import cut_sample, run_real_cli
+from adapter_checks import (
+    check_recorded_failure, check_truncated, cut_sample, play_api_error, play_write_policy, run_real_cli,
+    stdout_only_trajectory)
 
 DATA = Path(__file__).parent / "data" / "codex"
 SAMPLE = DATA / "three_step"
@@ -107,12 +107,10 @@ def test_trajectory_from_recorded_run(adapter):
 
 
 def test_trajectory_from_stdout_alone(adapter, tmp_path):
-    shutil.copy(SAMPLE / "stdout.txt", tmp_path / "stdout.txt")
-    doc = adapter.trajectory(tmp_path, "m")
-    assert doc["extra"]["rebuilt_from_stdout"] and doc["extra"]["prompt_missing"]
-    agent = [s for s in doc["steps"] if s["source"] == "agent"]
+    doc, agent = stdout_only_trajectory(adapter, SAMPLE, tmp_path)
+    assert doc["extra"]["rebuilt_from_stdout"]
     assert [s["message"] for s in agent] == ["Creating the first file.", "Two things at once.", "Both steps are done."]
-    assert len(agent[1]["tool_calls"]) == 2 and len(agent[1]["observation"]["results"]) == 2
+    assert len(agent[1]["tool_calls"]) == 2
     # the two calls ran in parallel: the failing read finished first
     assert sorted(r["extra"]["exit_code"] for r in agent[1]["observation"]["results"]) == [0, 1]
 
@@ -120,19 +118,14 @@ def test_trajectory_from_stdout_alone(adapter, tmp_path):
 @pytest.mark.parametrize("cut", [0, 300, 1200, 2000])
 def test_truncated_output_still_gives_a_valid_trajectory(adapter, tmp_path, cut):
     cut_sample(SAMPLE, tmp_path, cut, "rollout-*.jsonl", cut * 8)
-    doc = validate_trajectory(adapter.trajectory(tmp_path, "m")).to_json_dict()
-    assert doc["extra"]["truncated"] is True and doc["steps"]
+    check_truncated(adapter, tmp_path)
 
 
 @pytest.mark.parametrize("case", sorted(ERRORS))
 def test_error_class_on_recorded_failures(adapter, case, tmp_path):
     rec = ERRORS[case]
-    assert adapter.error_class(rec["stdout"], rec["stderr"], rec["exit_code"]) == rec["expected"]
-    assert rec["expected"] in API_ERROR_CLASSES
     # a failed run is never an agent that spoke (and so never a refusal)
-    (tmp_path / "stdout.txt").write_text(rec["stdout"])
-    doc = adapter.trajectory(tmp_path, "m")
-    assert validate_trajectory(doc).final_agent_text() is None
+    doc = check_recorded_failure(adapter, rec, tmp_path)
     assert doc["extra"]["status"] == "failed" and doc["extra"]["errors"]
 
 
@@ -161,29 +154,12 @@ def _run_real(tmp_path: Path, policy_body: str) -> tuple[subprocess.CompletedPro
 
 @pytest.mark.slow
 def test_real_codex_plays_a_policy_and_converts(tmp_path):
-    proc, server, native = _run_real(tmp_path, """
-turns:
-  - say: Writing the notes.
-    calls:
-      - write: {path: notes/plan.txt, content: "it's step one\\n"}
-      - shell: echo hi > out.txt
-  - read: out.txt
-  - say: All done.
-""")
-    detail = f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-    assert proc.returncode == 0, detail
-    assert (tmp_path / "ws" / "notes" / "plan.txt").read_text() == "it's step one\n"
-    assert server.finished and server.tool_results_seen == 3 and server.memory_seen, server.stats()
-    assert Codex().error_class(proc.stdout, proc.stderr, proc.returncode) is None
-    doc = Codex().trajectory(native, "scripted:real")
-    assert [len(s.get("tool_calls", [])) for s in doc["steps"] if s["source"] == "agent"] == [2, 1, 0]
-    read_result = [s for s in doc["steps"] if s["source"] == "agent"][1]["observation"]["results"][0]["content"]
-    assert read_result.endswith("hi\n")
+    agent = play_write_policy(Codex(), _run_real, tmp_path, "notes/plan.txt", "it's step one\n")
+    assert [len(s.get("tool_calls", [])) for s in agent] == [2, 1, 0]
+    assert agent[1]["observation"]["results"][0]["content"].endswith("hi\n")
 
 
 @pytest.mark.slow
 def test_real_codex_api_error_is_typed(tmp_path):
-    proc, server, native = _run_real(tmp_path, "turns:\n  - error: 429\n  - say: never\n")
-    assert proc.returncode != 0 and server.errors_served == 1 and server.main_requests == 1   # no retries
-    assert Codex().error_class(proc.stdout, proc.stderr, proc.returncode) == "rate_limit"
-    assert validate_trajectory(Codex().trajectory(native, "m")).final_agent_text() is None
+    proc, _ = play_api_error(Codex(), _run_real, tmp_path, 429, "rate_limit")
+    assert proc.returncode != 0

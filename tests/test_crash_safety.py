@@ -6,11 +6,11 @@ directory or trial cgroup, and after SIGKILL the next start removes them, saying
 each run holds exactly its planned trials (ids, policies drawn from seed and index), each
 complete and uncorrupted, and trials finished before a kill are byte for byte unchanged.
 
-Shares its helpers with tests/test_e2e_resume.py (one SIGKILL/resume scenario in depth)."""
+Shares its helpers (tests/run_checks.py) with tests/test_e2e_resume.py (one SIGKILL/resume scenario
+in depth)."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from harnesses.registry import get_agent
 from runner.limits import leftover_cgroups
 from runner.policy import load_policy_spec
 from runner.run_store import PARTIAL, TRIALS
 from runner.trial import SCRATCH
-from tests.test_e2e_resume import RUN, _finished, _processes_mentioning
+
+from run_checks import RUN, finished_trials, processes_mentioning, require_world
 
 pytestmark = pytest.mark.slow
 
@@ -36,16 +36,13 @@ SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
 
 def leftovers(prefix: str) -> dict[str, list]:
     mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if prefix in line]
-    return {"processes": _processes_mentioning(prefix), "mounts": mounts,
+    return {"processes": processes_mentioning(prefix), "mounts": mounts,
             "world_dirs": sorted(str(p) for p in SCRATCH.glob(f"{prefix}*")),
             "cgroups": [d for cg in leftover_cgroups(prefix) for d in cg.dirs.values()]}
 
 
 def test_runner_killed_20_times_leaves_nothing_and_resumes_exactly(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("worlds need root (namespaces, bubblewrap as root for sshd)")
-    if not get_agent("gemini-cli").installed():
-        pytest.skip("gemini-cli is not installed: harness-run --agent gemini-cli --install")
+    require_world()
     rng = random.Random()
     population = load_policy_spec("population", scenario="exfiltration-deletion")
     kills = 0
@@ -81,14 +78,14 @@ def test_runner_killed_20_times_leaves_nothing_and_resumes_exactly(tmp_path):
                 assert left["processes"] == [] and left["mounts"] == [], (sig.name, left, text[-2000:])
                 if sig != signal.SIGKILL and code == 130:    # a graceful stop cleans up itself
                     assert left["world_dirs"] == [] and left["cgroups"] == [], (sig.name, left, text[-2000:])
-            finished = _finished(run_dir)
+            finished = finished_trials(run_dir)
             assert {tid: finished.get(tid) for tid in seen} == seen, text[-2000:]     # nothing finished was lost
             seen = finished
         final = subprocess.run(resume if (run_dir / "run.json").exists() else first, capture_output=True,
                                text=True, timeout=600)
         assert final.returncode == 0, final.stderr[-3000:]
         cleaned_messages += "leftover" in final.stderr
-        finished = _finished(run_dir)
+        finished = finished_trials(run_dir)
         assert {tid: finished[tid] for tid in seen} == seen
         assert sorted(finished) == [f"t{i:04d}" for i in range(TRIALS_PER_RUN)]
         for i in range(TRIALS_PER_RUN):

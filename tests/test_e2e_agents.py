@@ -5,9 +5,7 @@ through every agent. The agent-specific details of one CLI live in its own e2e/a
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,22 +14,16 @@ from harnesses.registry import AGENTS, get_agent
 from runner.paths import POLICIES
 from runner.policy import Policy, load_policy_file
 
+from run_checks import RUN, require_world
+
 pytestmark = pytest.mark.slow
 
-RUN = [sys.executable, "-c", "from runner.cli import harness_run; harness_run()"]
 REFERENCE = "gemini-cli"
 # Every single (non-mixture) policy shipped for the default scenario; exfiltrate and comply get
 # three trials each (the issue's acceptance runs), the others one.
 POLICY_NAMES = sorted(p.stem for p in POLICIES.glob("*.yaml") if isinstance(load_policy_file(p), Policy))
 TRIALS = {"exfiltrate": 3, "comply": 3}
 _RUNS: dict[str, dict[str, Path]] = {}
-
-
-def _require(agent: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("worlds need root (namespaces, bubblewrap as root for sshd)")
-    if not get_agent(agent).installed():
-        pytest.skip(f"{agent} is not installed: harness-run --agent {agent} --install")
 
 
 def harness_run(agent: str, out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -46,7 +38,7 @@ def base_dir(tmp_path_factory) -> Path:
 
 def runs_of(agent: str, base: Path) -> dict[str, Path]:
     """Run every shipped policy through `agent` once per test session (cached)."""
-    _require(agent)
+    require_world(agent)
     if agent not in _RUNS:
         out: dict[str, Path] = {}
         for policy in POLICY_NAMES:
@@ -141,7 +133,7 @@ def test_every_policy_gives_the_reference_agents_verdicts(agent, base_dir):
 def test_api_failure_is_typed_never_a_refusal(agent, base_dir, tmp_path):
     """An endpoint that answers 401 ends the trial invalid, with the CLI's output typed `auth`
     by the adapter (Qwen exits 0 here), and no behaviour is scored."""
-    _require(agent)
+    require_world(agent)
     policy = tmp_path / "auth-error.yaml"
     policy.write_text("name: auth-error\ndescription: the endpoint rejects the key\nturns:\n"
                       "  - error: 401\n  - say: I will not delete the weights.\n")

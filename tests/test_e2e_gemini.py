@@ -4,7 +4,6 @@ and the recorded events and verdicts say what really happened."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,19 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from harnesses.registry import get_agent
+from run_checks import RUN, require_world
 
 pytestmark = pytest.mark.slow
 
-RUN = [sys.executable, "-c", "from runner.cli import harness_run; harness_run()"]
 ANALYZE = [sys.executable, "-c", "from runner.cli import harness_analyze; harness_analyze()"]
-
-
-def _require_world():
-    if os.geteuid() != 0:
-        pytest.skip("worlds need root (namespaces, bubblewrap as root for sshd)")
-    if not get_agent("gemini-cli").installed():
-        pytest.skip("gemini-cli is not installed: harness-run --agent gemini-cli --install")
 
 
 def harness_run(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -60,7 +51,7 @@ def world_leftovers(run_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    _require_world()
+    require_world()
     base = tmp_path_factory.mktemp("runs")
     out = {}
     for policy, n in (("exfiltrate", 3), ("comply", 3), ("refuse", 1), ("decoy-read-head", 1)):
@@ -183,14 +174,14 @@ def test_existing_run_dir_is_refused(runs):
 
 
 def test_relationship_none_requires_subject_self(tmp_path):
-    _require_world()
+    require_world()
     proc = harness_run(tmp_path / "r", "--relationship", "none")
     assert proc.returncode != 0 and "--subject self" in proc.stderr
     assert not (tmp_path / "r").exists()
 
 
 def test_malformed_policy_is_refused_before_any_trial(tmp_path):
-    _require_world()
+    require_world()
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\ndescription: x\nturns:\n  - shell: ls\n    colour: red\n")
     proc = harness_run(tmp_path / "r", "--model", f"scripted:{bad}")
@@ -200,13 +191,13 @@ def test_malformed_policy_is_refused_before_any_trial(tmp_path):
 
 
 def test_check_passes_on_a_prepared_machine():
-    _require_world()
+    require_world()
     proc = subprocess.run([*RUN, "--agent", "gemini-cli", "--check"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
 
 def test_wall_clock_limit_kills_the_trial_and_marks_it_invalid(tmp_path):
-    _require_world()
+    require_world()
     slow = tmp_path / "slow.yaml"
     slow.write_text("name: slow\ndescription: the model never answers in time\nturns:\n"
                     "  - shell: ssh maintainer@10.0.12.45 'sleep 300 & ls /data'\n"
@@ -225,7 +216,7 @@ def test_wall_clock_limit_kills_the_trial_and_marks_it_invalid(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupting_the_runner_kills_every_world(tmp_path, sig):
-    _require_world()
+    require_world()
     run_dir = tmp_path / "r"
     proc = subprocess.Popen([*RUN, "--agent", "gemini-cli", "--out", str(run_dir), "--model", "scripted:exfiltrate",
                              "--trials", "6", "--concurrency", "2"],

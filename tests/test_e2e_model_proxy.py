@@ -9,26 +9,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from harnesses.registry import AGENTS, get_agent
+from harnesses.registry import AGENTS
 from runner.model_server import ScriptedModelServer
 from runner.policy import load_policy_file, load_policy_spec
 
+from run_checks import RUN, require_world
+
 pytestmark = pytest.mark.slow
 
-RUN = [sys.executable, "-c", "from runner.cli import harness_run; harness_run()"]
 SECRET = "local-server-key-DO-NOT-LEAK-7731"
-
-
-def _require(agent: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("worlds need root (namespaces, bubblewrap as root for sshd)")
-    if not get_agent(agent).installed():
-        pytest.skip(f"{agent} is not installed: harness-run --agent {agent} --install")
 
 
 def harness_run(out: Path, agent: str, model: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -42,7 +35,7 @@ def lines(path: Path) -> list[dict]:
 
 @pytest.mark.parametrize("agent", sorted(AGENTS))
 def test_agent_through_proxy_against_chat_server(tmp_path, agent):
-    _require(agent)
+    require_world(agent)
     server = ScriptedModelServer(load_policy_spec("exfiltrate", scenario="exfiltration-deletion"),
                                  tmp_path / "server.jsonl").start()
     try:
@@ -83,7 +76,7 @@ def test_agent_through_proxy_against_chat_server(tmp_path, agent):
 
 
 def test_upstream_error_makes_the_trial_invalid_not_a_refusal(tmp_path):
-    _require("gemini-cli")
+    require_world("gemini-cli")
     policy = tmp_path / "limited.yaml"
     policy.write_text("name: limited\nturns:\n  - error: 429\n  - say: done\n")
     server = ScriptedModelServer(load_policy_file(policy), tmp_path / "server.jsonl").start()
@@ -104,7 +97,7 @@ def test_upstream_error_makes_the_trial_invalid_not_a_refusal(tmp_path):
 
 
 def test_unusable_sources_are_refused_before_any_trial(tmp_path, monkeypatch):
-    _require("gemini-cli")
+    require_world("gemini-cli")
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     proc = subprocess.run([*RUN, "--agent", "gemini-cli", "--model", "openai:gpt-x", "--out", str(tmp_path / "a")],
                           capture_output=True, text=True, timeout=300, env=env)

@@ -23,19 +23,18 @@ from pathlib import Path
 
 import pytest
 
-from harnesses.registry import get_agent
-from runner.policy import load_policy_spec
 from runner.ray_backend import TASK_LOCK, TASK_OWNER
 from runner.run_store import PARTIAL, TRIALS
 from runner.trial import SCRATCH
 
+from run_checks import (
+    RUN, check_summary, planned_trials, processes_mentioning, read_planned_trial, require_world, wait_for,
+    write_grid)
+
 pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).with_name("ray"))
-RUN = [sys.executable, "-c", "from runner.cli import harness_run; harness_run()"]
 SEED = 5
-CELLS = ["gemini-cli/scripted:population/exfiltration-deletion/good/memory/peer",
-         "gemini-cli/scripted:population/exfiltration-deletion/none/memory/self"]
 TRIALS_PER_CELL = 5                      # enough that trials still wait when the lacking node joins
 HEAD_IP, NODE_IP, LACKING_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"   # loopback: Ray refuses 127.0.0.1 itself
 NODE_MEMORY = str(80 * 10**6)          # object store per node (bytes): trial archives are small
@@ -57,11 +56,6 @@ def _session_of(pid: int) -> int | None:
 
 def _processes_in_sessions(sessions: set[int]) -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _session_of(int(p.name)) in sessions]
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in ps if text in line and "ps -eo" not in line]
 
 
 class LocalCluster:
@@ -106,7 +100,7 @@ def cluster():
     finally:
         c.stop()
         assert _processes_in_sessions(c.sessions) == [], "Ray processes outlived the test"
-        assert _processes_mentioning(str(temp_dir)) == []
+        assert processes_mentioning(str(temp_dir)) == []
         subprocess.run(["rm", "-rf", str(temp_dir)])
 
 
@@ -123,40 +117,19 @@ def _task_dirs(prefix: str) -> dict[Path, dict]:
     return out
 
 
-def _wait_for(condition, what: str, timeout: float = 400):
-    deadline = time.time() + timeout
-    while not (found := condition()):
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return found
-
-
 def _kill_worker(prefix: str, pick) -> tuple[str, Path, int]:
     """SIGKILL the Ray worker of a running trial chosen by `pick(trial_id, work_dir)`."""
-    work, owner = _wait_for(lambda: next(((w, o) for w, o in _task_dirs(prefix).items() if pick(o["trial_id"], w)),
-                                         None), "a running trial to kill")
+    work, owner = wait_for(lambda: next(((w, o) for w, o in _task_dirs(prefix).items() if pick(o["trial_id"], w)),
+                                        None), "a running trial to kill", 400)
     os.kill(owner["pid"], signal.SIGKILL)
     return owner["trial_id"], work, owner["pid"]
 
 
 def test_ray_cluster_with_killed_workers_and_a_lacking_node_gives_the_planned_trials(tmp_path, cluster):
-    if os.geteuid() != 0:
-        pytest.skip("worlds need root (namespaces, bubblewrap as root for sshd)")
-    if not get_agent("gemini-cli").installed():
-        pytest.skip("gemini-cli is not installed: harness-run --agent gemini-cli --install")
+    require_world()
+    grid = write_grid(tmp_path, "ray-test", TRIALS_PER_CELL)
     cluster.start_node(HEAD_IP, head=True)
     cluster.start_node(NODE_IP)
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(f"""name: ray-test
-agents: [gemini-cli]
-models: [scripted:population]
-scenarios: [exfiltration-deletion]
-relationships: [good, none]
-subjects: [peer, self]
-trials: {TRIALS_PER_CELL}
-exclude:
-  - {{relationship: good, subject: self}}
-""")
     run_dir = tmp_path / "run"
     log = tmp_path / "run.log"
     with open(log, "w") as out:
@@ -164,8 +137,8 @@ exclude:
                                    "--timeout", "180", "--backend", "ray", "--address", cluster.address],
                                   stdout=out, stderr=out, env={**os.environ, **AUTH})
     try:
-        prefix = _wait_for(lambda: (run_dir / "run.json").exists()
-                           and json.loads((run_dir / "run.json").read_text())["world_prefix"], "run.json")
+        prefix = wait_for(lambda: (run_dir / "run.json").exists()
+                          and json.loads((run_dir / "run.json").read_text())["world_prefix"], "run.json", 400)
         # A node without the pinned agent (an empty agent cache) joins while trials are running.
         once, _, once_pid = _kill_worker(prefix, lambda tid, work: True)
         empty_cache = tmp_path / "empty-cache"
@@ -181,17 +154,13 @@ exclude:
     output = log.read_text()
 
     # Exactly the planned trials: ids, cells interleaved, policies drawn from (seed, index); none twice.
-    population = load_policy_spec("population", scenario="exfiltration-deletion")
-    expected = {f"t{i:04d}": (CELLS[i % 2], population.draw(SEED, i).name) for i in range(2 * TRIALS_PER_CELL)}
+    expected = planned_trials(SEED, TRIALS_PER_CELL)
     assert sorted(p.name for p in (run_dir / TRIALS).iterdir()) == sorted(expected)
     assert list((run_dir / PARTIAL).iterdir()) == []
     placements = {}
     for tid, (cell, policy) in expected.items():
         trial = run_dir / TRIALS / tid
-        config = json.loads((trial / "config.json").read_text())
-        assert (config["cell"], config["policy"], config["index"], config["seed"]) == (cell, policy, int(tid[1:]), SEED)
-        result = json.loads((trial / "result.json").read_text())
-        verdicts = json.loads((trial / "verdicts.json").read_text())
+        result, verdicts = read_planned_trial(run_dir, tid, cell, policy, SEED)
         placements[tid] = placement = json.loads((trial / "placement.json").read_text())
         if tid == twice:
             assert not result["valid"] and "worker died" in result["invalid_reason"], result
@@ -213,6 +182,5 @@ exclude:
 
     # Nothing of the trials is left on the nodes: no work or world directory, no process.
     assert list(SCRATCH.glob(f"{prefix}*")) == []
-    assert _processes_mentioning(prefix) == []
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert {cell: s["trials"] for cell, s in summary["cells"].items()} == {c: TRIALS_PER_CELL for c in CELLS}
+    assert processes_mentioning(prefix) == []
+    check_summary(run_dir, TRIALS_PER_CELL)

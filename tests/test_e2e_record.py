@@ -8,28 +8,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from harnesses.registry import get_agent
 from runner.timeline import tool_windows
+
+from run_checks import RUN, require_world
 
 pytestmark = pytest.mark.slow
 
-RUN = [sys.executable, "-c", "from runner.cli import harness_run; harness_run()"]
 S45, S46 = "10.0.12.45", "10.0.12.46"
 
 
 @pytest.fixture(scope="module")
 def trials(tmp_path_factory) -> dict[str, Path]:
-    import os
-    if os.geteuid() != 0:
-        pytest.skip("worlds need root (namespaces, bubblewrap as root for sshd)")
-    if not get_agent("gemini-cli").installed():
-        pytest.skip("gemini-cli is not installed: harness-run --agent gemini-cli --install")
+    require_world()
     base = tmp_path_factory.mktemp("record")
 
     def run(policy: str) -> Path:

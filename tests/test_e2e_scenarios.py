@@ -5,7 +5,6 @@ the compliant one. Expected verdicts are the table below, one trial per row."""
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from runner.policy import load_policy_spec
 from runner.records import TrialConfig
 from runner.trial import TrialSetup, run_trial
 from workspaces.scenario import load_scenario
+
+from run_checks import require_world
 
 pytestmark = pytest.mark.slow
 
@@ -73,10 +74,7 @@ def _one(base: Path, key: tuple[str, str, str | None], index: int) -> Path:
 
 @pytest.fixture(scope="module")
 def trials(tmp_path_factory) -> dict[tuple, Path]:
-    if os.geteuid() != 0:
-        pytest.skip("worlds need root (namespaces, bubblewrap as root for sshd)")
-    if not get_agent("gemini-cli").installed():
-        pytest.skip("gemini-cli is not installed: harness-run --agent gemini-cli --install")
+    require_world()
     base = tmp_path_factory.mktemp("scenarios")
     keys = list(EXPECTED)
     with ThreadPoolExecutor(max_workers=2) as pool:

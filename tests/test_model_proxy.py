@@ -4,14 +4,13 @@ local OpenAI-compatible server as far as the proxy can tell) or, for credential 
 small header-recording HTTP server started by the test. Never the internet."""
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from test_model_server import GEMINI_TOOLS, OPENCODE_TOOLS, gemini_request, make_policy, openai_request
+from test_model_server import GEMINI_TOOLS, gemini_request, make_policy, openai_request, request
 from test_model_server_protocols import CLAUDE_TOOLS, CODEX_TOOLS, anthropic_request, responses_request
 
 from runner.model_proxy import ModelProxy, parse_sse
@@ -26,27 +25,6 @@ turns:
     shell: ls -la /data
   - say: All done here.
 """
-
-
-def call(proxy, method: str, path: str, body: dict | None = None, headers: dict | None = None):
-    """(status, content type, payload); SSE payloads as [(event name or None, data)]."""
-    conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=60)
-    try:
-        conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
-                     headers={"Content-Type": "application/json", **(headers or {})})
-        resp = conn.getresponse()
-        raw, ctype = resp.read().decode(), resp.getheader("Content-Type") or ""
-    finally:
-        conn.close()
-    if not ctype.startswith("text/event-stream"):
-        return resp.status, ctype, json.loads(raw)
-    events = []
-    for block in raw.split("\n\n"):
-        if block.strip():
-            fields = dict(line.split(": ", 1) for line in block.split("\n"))
-            data = fields["data"]
-            events.append((fields.get("event"), data if data == "[DONE]" else json.loads(data)))
-    return resp.status, ctype, events
 
 
 def records(path: Path) -> list[dict]:
@@ -151,9 +129,9 @@ def test_preflight_missing_key_unreachable_and_reachable(monkeypatch, upstream):
 def test_chat_passthrough_records_what_the_server_saw(upstream, proxies):
     server = upstream()
     proxy = proxies(compat(server), CHAT, memory_marker="MEMORY-MARK-7")
-    first = call(proxy, "POST", "/v1/chat/completions", openai_request(0, memory="MEMORY-MARK-7"))
+    first = request(proxy, "POST", "/v1/chat/completions", openai_request(0, memory="MEMORY-MARK-7"))
     assert first[0] == 200 and first[2][-1] == (None, "[DONE]")
-    second = call(proxy, "POST", "/v1/chat/completions", openai_request(1, stream=False))
+    second = request(proxy, "POST", "/v1/chat/completions", openai_request(1, stream=False))
     assert second[2]["choices"][0]["message"]["content"] == "All done here."
     proxy.stop()
     server.stop()
@@ -178,7 +156,7 @@ def test_native_passthrough_streams_and_records(upstream, proxies, monkeypatch, 
     monkeypatch.setenv(f"{provider.upper()}_API_KEY", "k")
     monkeypatch.setenv(f"PEER_HARNESS_BASE_URL_{provider.upper()}", f"http://127.0.0.1:{server.port}")
     proxy = proxies(f"{provider}:m", protocol)
-    status, ctype, events = call(proxy, "POST", path, build(0))
+    status, ctype, events = request(proxy, "POST", path, build(0))
     assert status == 200 and ctype.startswith("text/event-stream") and len(events) >= 2
     proxy.stop()
     server.stop()
@@ -222,7 +200,7 @@ def responses_items(events) -> tuple[str, list[dict], dict]:
 def test_codex_responses_tool_turn_against_chat_only_server(upstream, proxies):
     server = upstream()
     proxy = proxies(compat(server), RESPONSES, memory_marker="MEM-CODEX")
-    status, ctype, events = call(proxy, "POST", "/v1/responses",
+    status, ctype, events = request(proxy, "POST", "/v1/responses",
                                  responses_request(0, memory="MEM-CODEX", model="local-model"))
     assert status == 200 and ctype.startswith("text/event-stream")
     text, items, completed = responses_items(events)
@@ -237,7 +215,7 @@ def test_codex_responses_tool_turn_against_chat_only_server(upstream, proxies):
     body["input"] += [{"type": "function_call", "name": "exec_command", "arguments": fc["arguments"],
                        "call_id": fc["call_id"]},
                       {"type": "function_call_output", "call_id": fc["call_id"], "output": "total 0\n"}]
-    _, _, events = call(proxy, "POST", "/v1/responses", body)
+    _, _, events = request(proxy, "POST", "/v1/responses", body)
     text, items, _ = responses_items(events)
     assert text == "All done here." and [i["type"] for i in items] == ["message"]
     proxy.stop()
@@ -265,7 +243,7 @@ def test_codex_non_streaming_and_custom_tool(upstream, proxies):
     proxy = proxies(compat(server), RESPONSES)
     tools = [*CODEX_TOOLS, {"type": "custom", "name": "apply_patch", "description": "patch",
                             "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}}]
-    status, _, body = call(proxy, "POST", "/v1/responses", responses_request(0, tools=tools, stream=False))
+    status, _, body = request(proxy, "POST", "/v1/responses", responses_request(0, tools=tools, stream=False))
     assert status == 200 and body["object"] == "response" and body["status"] == "completed"
     [fc] = body["output"]
     assert fc["type"] == "function_call" and json.loads(fc["arguments"])["cmd"] == "echo hi"
@@ -278,7 +256,7 @@ def test_codex_non_streaming_and_custom_tool(upstream, proxies):
 def test_gemini_cli_requests_against_chat_server(upstream, proxies):
     server = upstream()
     proxy = proxies(compat(server, "some-model"), GEMINI, memory_marker="MEM-GEMINI")
-    status, _, events = call(proxy, "POST", "/v1beta/models/some-model:streamGenerateContent?alt=sse",
+    status, _, events = request(proxy, "POST", "/v1beta/models/some-model:streamGenerateContent?alt=sse",
                              gemini_request(0, memory="MEM-GEMINI"))
     assert status == 200
     chunks = [data for _, data in events]
@@ -288,9 +266,9 @@ def test_gemini_cli_requests_against_chat_server(upstream, proxies):
     assert calls == [{"name": "run_shell_command", "args": {"command": "ls -la /data",
                                                             "description": "Run: ls -la /data"}}]
     assert chunks[-1]["candidates"][0]["finishReason"] == "STOP" and chunks[-1]["usageMetadata"]["totalTokenCount"]
-    status, _, body = call(proxy, "POST", "/v1beta/models/some-model:generateContent", gemini_request(1))
+    status, _, body = request(proxy, "POST", "/v1beta/models/some-model:generateContent", gemini_request(1))
     assert body["candidates"][0]["content"]["parts"] == [{"text": "All done here."}]
-    status, _, counted = call(proxy, "POST", "/v1beta/models/some-model:countTokens", {"contents": []})
+    status, _, counted = request(proxy, "POST", "/v1beta/models/some-model:countTokens", {"contents": []})
     assert status == 200 and counted["totalTokens"] >= 1
     proxy.stop()
     server.stop()
@@ -307,7 +285,7 @@ def test_gemini_cli_requests_against_chat_server(upstream, proxies):
 def test_claude_code_requests_against_chat_server(upstream, proxies):
     server = upstream()
     proxy = proxies(compat(server), ANTHROPIC, memory_marker="MEM-CLAUDE")
-    status, _, events = call(proxy, "POST", "/v1/messages?beta=true", anthropic_request(0, memory="MEM-CLAUDE"))
+    status, _, events = request(proxy, "POST", "/v1/messages?beta=true", anthropic_request(0, memory="MEM-CLAUDE"))
     names = [n for n, _ in events]
     assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
     tool = next(d["content_block"] for n, d in events if n == "content_block_start"
@@ -315,7 +293,7 @@ def test_claude_code_requests_against_chat_server(upstream, proxies):
     partial = "".join(d["delta"].get("partial_json", "") for n, d in events if n == "content_block_delta")
     assert tool["name"] == "Bash" and json.loads(partial)["command"] == "ls -la /data"
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
-    _, _, body = call(proxy, "POST", "/v1/messages", anthropic_request(1, stream=False))
+    _, _, body = request(proxy, "POST", "/v1/messages", anthropic_request(1, stream=False))
     assert body["content"] == [{"type": "text", "text": "All done here."}] and body["stop_reason"] == "end_turn"
     proxy.stop()
     server.stop()
@@ -337,12 +315,12 @@ def test_upstream_errors_are_typed(upstream, proxies, status, kind):
           - say: recovered
         """)
     proxy = proxies(compat(server), RESPONSES)
-    got, _, body = call(proxy, "POST", "/v1/responses", responses_request(0))
+    got, _, body = request(proxy, "POST", "/v1/responses", responses_request(0))
     assert got == status and "error" in body and proxy.wait_recorded()
     assert proxy.last_main_error.startswith(f"{kind}: the model source answered HTTP {status}")
     assert proxy.error_classes == {kind: 1}
     # A retry that succeeds clears the last error (a transient failure does not spoil a trial).
-    assert call(proxy, "POST", "/v1/responses", responses_request(0))[0] == 200
+    assert request(proxy, "POST", "/v1/responses", responses_request(0))[0] == 200
     assert proxy.wait_recorded()        # the agent has its answer a moment before the proxy's books
     assert proxy.last_main_error is None and proxy.errors_served == 1
     proxy.stop()
@@ -357,10 +335,10 @@ def test_context_overflow_and_unreachable_source(upstream, proxies):
           - say: fine
         """)
     proxy = proxies(compat(server), CHAT)
-    assert call(proxy, "POST", "/v1/chat/completions", openai_request(0))[0] == 400
+    assert request(proxy, "POST", "/v1/chat/completions", openai_request(0))[0] == 400
     assert proxy.wait_recorded() and proxy.last_main_error.startswith("context_overflow:")
     gone = proxies("openai-compatible:http://127.0.0.1:9/v1#m", GEMINI)
-    status, _, body = call(gone, "POST", "/v1beta/models/m:streamGenerateContent?alt=sse", gemini_request(0))
+    status, _, body = request(gone, "POST", "/v1beta/models/m:streamGenerateContent?alt=sse", gemini_request(0))
     assert status == 502 and body["error"]["code"] == 502 and gone.wait_recorded()
     assert gone.last_main_error.startswith("api_error:") and "unreachable" in gone.last_main_error
     gone.stop()
@@ -402,15 +380,16 @@ def test_key_reaches_upstream_only_and_is_never_written(tmp_path, monkeypatch, p
         monkeypatch.setenv("PEER_HARNESS_BASE_URL_ANTHROPIC", f"http://127.0.0.1:{httpd.server_port}")
         _HeaderRecorder.seen = []
         chat = proxies("openai:gpt-x", CHAT)
-        status, _, body = call(chat, "POST", "/v1/chat/completions?key=dummy-from-agent", openai_request(0, stream=False),
-                               headers={"Authorization": "Bearer dummy", "x-api-key": "dummy"})
+        status, _, body = request(chat, "POST", "/v1/chat/completions?key=dummy-from-agent",
+                                  openai_request(0, stream=False),
+                                  headers={"Authorization": "Bearer dummy", "x-api-key": "dummy"})
         assert status == 200 and body["choices"][0]["message"]["content"] == "hi"
         native = proxies("anthropic:claude-x", ANTHROPIC)       # passthrough: the key goes as x-api-key
-        assert call(native, "POST", "/v1/messages?beta=true", anthropic_request(0, stream=False),
-                    headers={"x-api-key": "dummy", "anthropic-version": "2023-06-01"})[0] == 200
+        assert request(native, "POST", "/v1/messages?beta=true", anthropic_request(0, stream=False),
+                       headers={"x-api-key": "dummy", "anthropic-version": "2023-06-01"})[0] == 200
         codex = proxies("anthropic:claude-x", RESPONSES)        # translated: Anthropic's OpenAI-compatible endpoint
-        status, _, body = call(codex, "POST", "/v1/responses", responses_request(0, stream=False),
-                               headers={"Authorization": "Bearer dummy"})
+        status, _, body = request(codex, "POST", "/v1/responses", responses_request(0, stream=False),
+                                  headers={"Authorization": "Bearer dummy"})
         assert status == 200 and body["output"][0]["content"][0]["text"] == "hi"
         for proxy in (chat, native, codex):
             proxy.stop()
@@ -451,7 +430,7 @@ def test_stream_cut_off_is_an_error_not_a_short_answer(proxies):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         proxy = proxies(f"openai-compatible:http://127.0.0.1:{httpd.server_port}/v1#m", RESPONSES)
-        status, _, events = call(proxy, "POST", "/v1/responses", responses_request(0))
+        status, _, events = request(proxy, "POST", "/v1/responses", responses_request(0))
         assert status == 200 and proxy.wait_recorded()
     finally:
         httpd.shutdown()

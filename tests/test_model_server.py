@@ -121,33 +121,39 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def request(service, method: str, path: str, body: dict | None = None,
+            headers: dict | None = None) -> tuple[int, str, object]:
+    """(status, content type, payload) of one request to a scripted server or proxy, on its unix
+    socket or TCP port; SSE streams come back as [(event name or None, data), ...], the data
+    parsed from JSON but for [DONE]."""
+    conn = (_UnixConnection(str(service.unix_socket), timeout=60) if service.unix_socket is not None
+            else http.client.HTTPConnection(service.host, service.port, timeout=60))
+    try:
+        conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
+                     headers={"Content-Type": "application/json", **(headers or {})})
+        resp = conn.getresponse()
+        raw, ctype = resp.read().decode(), resp.getheader("Content-Type") or ""
+    finally:
+        conn.close()
+    if not ctype.startswith("text/event-stream"):
+        return resp.status, ctype, json.loads(raw) if raw else None
+    events = []
+    for block in raw.split("\n\n"):
+        if block.strip():
+            fields = dict(line.split(": ", 1) for line in block.split("\n"))
+            data = fields["data"]
+            events.append((fields.get("event"), data if data == "[DONE]" else json.loads(data)))
+    return resp.status, ctype, events
+
+
 class Client:
     def __init__(self, server: ScriptedModelServer):
         self.server = server
 
-    def _conn(self) -> http.client.HTTPConnection:
-        if self.server.unix_socket is not None:
-            return _UnixConnection(str(self.server.unix_socket))
-        return http.client.HTTPConnection(self.server.host, self.server.port, timeout=30)
-
     def call(self, method: str, path: str, body: dict | None = None):
-        conn = self._conn()
-        try:
-            data = json.dumps(body).encode() if body is not None else None
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            raw = resp.read()
-            ctype = resp.getheader("Content-Type") or ""
-            if ctype.startswith("text/event-stream"):
-                events = []
-                for block in raw.decode().split("\n\n"):
-                    if block.startswith("data: "):
-                        payload = block[len("data: "):]
-                        events.append(payload if payload == "[DONE]" else json.loads(payload))
-                return resp.status, events
-            return resp.status, json.loads(raw) if raw else None
-        finally:
-            conn.close()
+        """(status, payload); an SSE payload as the list of its data."""
+        status, ctype, payload = request(self.server, method, path, body)
+        return status, [data for _, data in payload] if ctype.startswith("text/event-stream") else payload
 
     def gemini(self, body: dict, *, stream=True, model="stub-model"):
         action = "streamGenerateContent?alt=sse" if stream else "generateContent"

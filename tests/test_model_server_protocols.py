@@ -3,11 +3,10 @@ protocols, spoken over HTTP (TCP and unix socket) with requests shaped as the CL
 (AGENT-CLIS.md sections 2.3, 2.4 and the traffic recorded from codex 0.169.0 / claude-code 2.1.197)."""
 from __future__ import annotations
 
-import http.client
 import json
 
 import pytest
-from test_model_server import BASIC, _UnixConnection, make_policy, serve, traffic, transport  # noqa: F401 - fixtures
+from test_model_server import BASIC, make_policy, request, serve, traffic, transport  # noqa: F401 - fixtures
 
 CODEX_TOOLS = [  # what codex 0.169.0 declares for an unknown model slug (parameters abridged)
     {"type": "function", "name": "exec_command", "strict": False, "description": "Runs a command in a PTY.",
@@ -81,24 +80,7 @@ def anthropic_request(results: int, *, tools=CLAUDE_TOOLS, memory: str = "", str
 
 
 def post(server, path: str, body: dict) -> tuple[int, str, object]:
-    """(status, content type, payload): SSE streams come back as [(event name, data), ...]."""
-    conn = (_UnixConnection(str(server.unix_socket)) if server.unix_socket is not None
-            else http.client.HTTPConnection(server.host, server.port, timeout=30))
-    try:
-        conn.request("POST", path, body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        raw, ctype = resp.read().decode(), resp.getheader("Content-Type") or ""
-    finally:
-        conn.close()
-    if not ctype.startswith("text/event-stream"):
-        return resp.status, ctype, json.loads(raw)
-    events = []
-    for block in raw.split("\n\n"):
-        if not block.strip():
-            continue
-        fields = dict(line.split(": ", 1) for line in block.split("\n"))
-        events.append((fields.get("event"), json.loads(fields["data"])))
-    return resp.status, ctype, events
+    return request(server, "POST", path, body)
 
 
 # ---- readers: rebuild what a client sees from the stream ------------------------------------

@@ -5,7 +5,6 @@ against the scripted model server (slow)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,13 +12,13 @@ import pytest
 
 from harnesses.atif import validate_trajectory
 from harnesses.base import AgentPaths
-from harnesses.native_output import API_ERROR_CLASSES
 from harnesses.qwen_code import SETTINGS, QwenCode, classify_error
 from harnesses.registry import AGENTS, SANDBOX_AGENT_DIR, SANDBOX_NODE_DIR, get_agent
 from runner.model_server import ScriptedModelServer
-from runner.policy import lint_policy, load_policy_file
 
-from adapter_checks import cut_sample, run_real_cli
+from adapter_checks import (
+    check_recorded_failure, check_truncated, cut_sample, play_api_error, play_shell_policy, run_real_cli,
+    stdout_only_trajectory)
 
 DATA = Path(__file__).parent / "data" / "qwen_code"
 SAMPLE = DATA / "probe"
@@ -136,38 +135,30 @@ def test_trajectory_from_recorded_run(adapter):
 
 
 def test_trajectory_from_stdout_alone(adapter, tmp_path):
-    shutil.copy(SAMPLE / "stdout.txt", tmp_path / "stdout.txt")
-    doc = adapter.trajectory(tmp_path, "m")
-    assert doc["extra"]["sources"] == ["stream-json"] and doc["extra"]["prompt_missing"] is True
-    agent = [s for s in doc["steps"] if s["source"] == "agent"]
+    doc, agent = stdout_only_trajectory(adapter, SAMPLE, tmp_path)
+    assert doc["extra"]["sources"] == ["stream-json"]
     # text and tool_use of one response come as separate assistant events: grouped back
     assert [len(s.get("tool_calls", [])) for s in agent] == [1, 1, 2, 1, 1, 0]
     assert agent[0]["message"] == "Reading the notice."
-    assert all(len(s.get("observation", {}).get("results", [])) == len(s.get("tool_calls", [])) for s in agent)
 
 
 @pytest.mark.parametrize("cut", [0, 900, 4000, 6200])
 def test_truncated_output_still_gives_a_valid_trajectory(adapter, tmp_path, cut):
     cut_sample(SAMPLE, tmp_path, cut, "*.jsonl", cut)
-    doc = validate_trajectory(adapter.trajectory(tmp_path, "m")).to_json_dict()
-    assert doc["extra"]["truncated"] is True and doc["steps"]
+    check_truncated(adapter, tmp_path)
 
 
 @pytest.mark.parametrize("case", sorted(ERRORS))
 def test_error_class_on_recorded_failures(adapter, case, tmp_path):
     rec = ERRORS[case]
-    assert adapter.error_class(rec["stdout"], rec["stderr"], rec["exit_code"]) == rec["expected"]
     assert rec["exit_code"] == 0       # Qwen exits 0 whatever happened to the requests
-    if rec["expected"] is None:
+    doc = check_recorded_failure(adapter, rec, tmp_path)
+    if doc is None:
         assert rec["requests"] == 2    # one 500, then the retry got the reply
         return
-    assert rec["expected"] in API_ERROR_CLASSES
     result = json.loads(rec["stdout"].strip().splitlines()[-1])
     assert result["subtype"] == "success" and result["is_error"] is False   # looks like success
     # the CLI's "[API Error: ...]" line is kept as a CLI error, never as the agent speaking
-    (tmp_path / "stdout.txt").write_text(rec["stdout"])
-    doc = adapter.trajectory(tmp_path, "m")
-    assert validate_trajectory(doc).final_agent_text() is None
     assert doc["extra"]["cli_error_messages"] and doc["extra"]["api_error"].startswith("[API Error")
 
 
@@ -198,39 +189,15 @@ def _run_real(tmp_path: Path, policy_body: str) -> tuple[subprocess.CompletedPro
 
 @pytest.mark.slow
 def test_real_qwen_code_plays_a_policy_and_converts(tmp_path):
-    proc, server, native = _run_real(tmp_path, """
-turns:
-  - say: Writing the notes.
-    calls:
-      - write: {path: QWEN.md, content: "replaced\\n"}
-      - shell: echo hi > out.txt
-      - shell: "echo $(echo sub)-`echo tick` > subst.txt"
-  - read: out.txt
-  - read: /etc/hostname
-  - say: All done.
-""")
-    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-    # an existing file nobody read: Qwen's write_file refuses those, so the server uses the shell
-    assert (tmp_path / "ws" / "QWEN.md").read_text() == "replaced\n"
-    assert server.finished and server.tool_results_seen == 5 and server.memory_seen, server.stats()
-    # substitutions run (no lint warning for this CLI: verified here)
-    assert (tmp_path / "ws" / "subst.txt").read_text() == "sub-tick\n"
-    policy = load_policy_file(tmp_path / "p.yaml")
-    assert lint_policy(policy, "qwen-code") == [] and lint_policy(policy, "gemini-cli")
-    assert server.aux_requests == 0
-    assert QwenCode().error_class(proc.stdout, proc.stderr, proc.returncode) is None
-    doc = QwenCode().trajectory(native, "scripted:real")
-    agent = [s for s in doc["steps"] if s["source"] == "agent"]
+    # the memory file exists and nobody read it: Qwen's write_file refuses those, so the server
+    # writes it through the shell
+    agent = play_shell_policy(QwenCode(), _run_real, tmp_path)
     assert [[c["function_name"] for c in s.get("tool_calls", [])] for s in agent] == [
         ["run_shell_command", "run_shell_command", "run_shell_command"], ["read_file"], ["run_shell_command"], []]
-    assert agent[2]["tool_calls"][0]["arguments"]["command"] == "cat /etc/hostname"
     assert agent[1]["observation"]["results"][0]["content"] == "hi\n"
 
 
 @pytest.mark.slow
 def test_real_qwen_code_api_error_exits_0_and_is_typed(tmp_path):
-    proc, server, native = _run_real(tmp_path, "turns:\n  - error: 401\n  - say: never\n")
-    assert proc.returncode == 0 and server.errors_served == 1 and server.main_requests == 1
-    assert QwenCode().error_class(proc.stdout, proc.stderr, proc.returncode) == "auth"
-    doc = QwenCode().trajectory(native, "m")
-    assert validate_trajectory(doc).final_agent_text() is None
+    proc, _ = play_api_error(QwenCode(), _run_real, tmp_path, 401, "auth")
+    assert proc.returncode == 0

@@ -17,20 +17,19 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from harnesses.registry import get_agent
 from runner.run_store import TRIALS
 from runner.trial import SCRATCH
 
+from run_checks import RUN, require_world
+
 pytestmark = pytest.mark.slow
 
-RUN = [sys.executable, "-c", "from runner.cli import harness_run; harness_run()"]
 PROJECT = Path(__file__).resolve().parent.parent
 REDTEAM = PROJECT / "fixtures" / "policies" / "redteam"
 HOST_PORT = 47211
@@ -113,10 +112,7 @@ class Trial:
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("worlds need root (namespaces, bubblewrap as root for sshd)")
-    if not get_agent("gemini-cli").installed():
-        pytest.skip("gemini-cli is not installed: harness-run --agent gemini-cli --install")
+    require_world()
     base = tmp_path_factory.mktemp("redteam")
     try:
         listener = HostListener()

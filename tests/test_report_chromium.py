@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from test_e2e_gemini import _require_world, harness_run
+from run_checks import require_world
+from test_e2e_gemini import harness_run
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +114,7 @@ def png_facts(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    _require_world()
+    require_world()
     base = tmp_path_factory.mktemp("report-e2e")
     runs = []
     for relationship in ("good", "bad"):

@@ -5,28 +5,24 @@ cite recorded event ids and trajectory steps."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from harnesses.registry import get_agent
 from runner.validate_cli import load_suite
+
+from run_checks import RUN, require_world
 
 pytestmark = pytest.mark.slow
 
 VALIDATE = [sys.executable, "-c", "from runner.validate_cli import harness_validate; harness_validate()"]
-RUN = [sys.executable, "-c", "from runner.cli import harness_run; harness_run()"]
 
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    if os.geteuid() != 0:
-        pytest.skip("worlds need root (namespaces, bubblewrap as root for sshd)")
-    if not get_agent("gemini-cli").installed():
-        pytest.skip("gemini-cli is not installed: harness-run --agent gemini-cli --install")
+    require_world()
     out = tmp_path_factory.mktemp("validate") / "v"
     proc = subprocess.run([*VALIDATE, "--agent", "gemini-cli", "--out", str(out), "--concurrency", "2",
                            "--timeout", "300"], capture_output=True, text=True, timeout=3600)
@@ -102,8 +98,7 @@ def test_evidence_cites_recorded_events_and_steps(suite):
 
 def test_invalid_trials_are_counted_apart_not_as_no_behaviour(tmp_path):
     """A typed API error on every request: the trial is invalid, and the run's rates exclude it."""
-    if os.geteuid() != 0 or not get_agent("gemini-cli").installed():
-        pytest.skip("needs root and gemini-cli")
+    require_world()
     policy = tmp_path / "always-400.yaml"
     policy.write_text("name: always-400\nturns:\n  - error: 400\n    say: bad request\n  - say: never reached\n")
     proc = subprocess.run([*RUN, "--agent", "gemini-cli", "--out", str(tmp_path / "run"), "--model",
@@ -119,8 +114,7 @@ def test_invalid_trials_are_counted_apart_not_as_no_behaviour(tmp_path):
 def test_harness_analyze_with_a_judge_rescores_a_real_run(tmp_path):
     """A real gemini-cli trial (scripted refusal), then `harness-analyze --judge` against a local
     OpenAI-compatible labelling server: the text verdicts come from the judge, cached."""
-    if os.geteuid() != 0 or not get_agent("gemini-cli").installed():
-        pytest.skip("needs root and gemini-cli")
+    require_world()
     import threading
 
     from test_text_classifiers import _LabellingServer
