@@ -6,7 +6,8 @@ cd "$(dirname "$0")"
 
 # chromium: headless browser for the HTML report test (tests/test_report_chromium.py)
 PKGS=(bubblewrap openssh-server openssh-client strace iproute2 util-linux bsdutils git gcc libc6-dev python3 python3-venv rsync chromium
-      zip xxd zstd xz-utils openssl)   # tools the validation suite's agents use on the servers
+      zip xxd zstd xz-utils openssl   # tools the validation suite's agents use on the servers
+      docker.io)                      # --sandbox docker (dockerd, runc)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -32,4 +33,19 @@ fi
 for agent in $(.venv/bin/harness-run --list-agents | cut -f1); do
   .venv/bin/harness-run --agent "$agent" --install
 done
+# Docker worlds (--sandbox docker): a running dockerd (started here when it is not; it needs no
+# networking of its own, every world container has --network none) and the world image, built
+# from this machine's files (no registry).
+if ! /usr/bin/docker version >/dev/null 2>&1; then
+  if [ -d /run/systemd/system ]; then
+    systemctl start docker
+  else
+    echo "Starting dockerd (log: /var/log/peer-harness-dockerd.log)"
+    setsid nohup dockerd --bridge=none --iptables=false >/var/log/peer-harness-dockerd.log 2>&1 </dev/null &
+  fi
+  for _ in $(seq 60); do /usr/bin/docker version >/dev/null 2>&1 && break; sleep 1; done
+  /usr/bin/docker version >/dev/null || { echo "dockerd did not start; see /var/log/peer-harness-dockerd.log" >&2; exit 1; }
+fi
+.venv/bin/harness-run --sandbox docker --install
 .venv/bin/harness-run --agent gemini-cli --check
+.venv/bin/harness-run --agent gemini-cli --sandbox docker --check

@@ -9,18 +9,23 @@ own time.
 
     python bench/run_vs_bare.py [--trials 200] [--concurrency 2] [--seed 0]
 
-Prints and writes to bench/results/run_vs_bare.json: both wall times and their ratio, per-trial
-harness overhead (median trial time minus median bare episode time, and the run-level figure
-(harness wall - bare wall) x concurrency / N), per-phase medians of the harness trials
-(result.json phases), the harness process's peak RSS (VmHWM, polled), and CPU seconds: of the
+Prints and writes to bench/results/run_vs_bare.json: both wall times and their ratio; the
+per-trial harness overhead: on the critical path (median time a trial holds one of the run's
+`concurrency` agent slots -- world start and agent -- minus the median bare episode; building,
+stopping, collecting and analyzing run beside the other trials' agents), as latency (median trial
+time without waiting for a slot, minus the median bare episode) and at run level ((harness wall -
+bare wall) x concurrency / N); per-phase medians of the harness trials (result.json phases) and
+the median time per trial in SSH sessions with the world's servers (within the agent phase; the
+bare loop has none); the harness process's peak RSS (VmHWM, polled); CPU seconds of the
 harness's whole process tree (worlds, servers, recorders, agents) against the bare loop's, and of
 the harness process alone per trial (CPU figures are far less disturbed by other load on the
-machine than wall times). Targets on a 2-core machine: ratio <= 1.15, overhead <= 300 ms median,
+machine than wall times); the load average at start and end. Targets on a 2-core machine: ratio <= 1.15, overhead <= 300 ms median,
 RSS <= 200 MB."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -67,6 +72,24 @@ def process_cpu_s(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+SSHD_CONNECTION = re.compile(r"^(\S+) Connection from \S+ port (\d+)")
+SSHD_DISCONNECTED = re.compile(r"^(\S+) Disconnected from (?:user \S+ )?\S+ port (\d+)")
+
+
+def ssh_session_seconds(trial_dir: Path) -> float:
+    """Time the trial's agent spent in SSH connections to the world's servers (from each
+    server's sshd log: connection to disconnect). The bare loop has no servers: its ssh fails at once."""
+    total = 0.0
+    for log in (trial_dir / "record").glob("sshd-*.log"):
+        opened: dict[str, float] = {}
+        for line in log.read_text(errors="replace").splitlines():
+            if m := SSHD_CONNECTION.match(line):
+                opened[m.group(2)] = float(m.group(1))
+            elif (m := SSHD_DISCONNECTED.match(line)) and m.group(2) in opened:
+                total += float(m.group(1)) - opened.pop(m.group(2))
+    return total
 
 
 def run_harness(run_dir: Path, trials: int, concurrency: int, seed: int) -> dict:
@@ -153,6 +176,7 @@ def run_bare(base: Path, trials: int, concurrency: int, seed: int) -> tuple[floa
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(trials: int, concurrency: int | None, seed: int) -> None:
     concurrency = concurrency or os.cpu_count() or 1
+    load_at_start = os.getloadavg()
     base = Path(tempfile.mkdtemp(prefix="bench-run-vs-bare-", dir="/var/tmp"))
     try:
         run_dir = base / "run"
@@ -162,24 +186,34 @@ def main(trials: int, concurrency: int | None, seed: int) -> None:
         rows = []
         for result in sorted((run_dir / "trials").glob("*/result.json")):
             r = json.loads(result.read_text())
-            rows.append({**r["phases"], "total": r["ended_at"] - r["started_at"], "valid": r["valid"]})
-        df = pd.DataFrame(rows)
-        phases = [c for c in df.columns if c != "valid"]
-        harness_trial = float(df["total"].median())
+            rows.append({**r["phases"], "total": r["ended_at"] - r["started_at"], "valid": r["valid"],
+                         "ssh_sessions": ssh_session_seconds(result.parent)})
+        df = pd.DataFrame(rows).fillna({"queued": 0.0})
+        phases = [c for c in df.columns if c not in ("valid", "ssh_sessions")]
+        latency = df["total"] - df["queued"]
+        # What a trial does outside its agent slot (runner.trial.AgentSlots) is off the critical path.
+        slot = latency - df[[p for p in ("build_world", "stop_world", "collect", "analyze") if p in df]].sum(axis=1)
+        harness_trial = float(latency.median())
         bare_episode = statistics.median(e["seconds"] for e in episodes)
         figures = {
             "trials": trials, "concurrency": concurrency, "seed": seed, "cpus": os.cpu_count(),
-            "load_average_at_end": os.getloadavg(),
+            "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
             "harness_wall_s": round(harness_wall, 2), "bare_wall_s": round(bare_wall, 2),
             "ratio": round(harness_wall / bare_wall, 3),
             "harness_valid": int(df["valid"].sum()), "bare_finished": sum(e["finished"] for e in episodes),
             "median_harness_trial_s": round(harness_trial, 3), "median_bare_episode_s": round(bare_episode, 3),
-            "overhead_per_trial_median_ms": round((harness_trial - bare_episode) * 1000),
+            "median_agent_slot_s": round(float(slot.median()), 3),
+            "overhead_per_trial_median_ms": round((float(slot.median()) - bare_episode) * 1000),
+            "overhead_per_trial_latency_median_ms": round((harness_trial - bare_episode) * 1000),
             "overhead_per_trial_run_level_ms": round((harness_wall - bare_wall) * concurrency / trials * 1000),
             "harness_phase_median_s": {p: round(float(df[p].median()), 3) for p in phases},
+            # part of the agent phase: real SSH sessions with the world's servers, absent from the bare loop
+            "median_ssh_session_s_per_trial": round(float(df["ssh_sessions"].median()), 3),
             # CPU seconds depend far less than wall times on what else the machine is doing.
             "harness_tree_cpu_s": round(harness["tree_cpu"], 1), "bare_cpu_s": round(bare_cpu, 1),
             "cpu_ratio": round(harness["tree_cpu"] / bare_cpu, 3),
+            "harness_tree_cpu_per_trial_s": round(harness["tree_cpu"] / trials, 3),
+            "bare_cpu_per_episode_s": round(bare_cpu / trials, 3),
             "harness_process_cpu_per_trial_ms": round(harness["own_cpu"] / trials * 1000),
             "harness_peak_rss_mb": round(harness["rss"], 1),
             "targets": {"ratio": 1.15, "overhead_per_trial_median_ms": 300, "harness_peak_rss_mb": 200},

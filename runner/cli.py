@@ -16,7 +16,6 @@ from click.core import ParameterSource
 from rich.console import Console
 
 from analysis.analyze import write_verdicts
-from analysis.index import build_index
 from analysis.judge import Judge, JudgeError
 from harnesses.base import AgentNotInstalled, node_bin_dir
 from harnesses.registry import AGENTS, get_agent
@@ -30,7 +29,7 @@ from runner.run_plan import HARNESS_VERSION, Resources, cell_infos, load_model, 
 from runner.run_store import (
     TRIALS, RunLock, RunStoreError, clean_for_resume, create_run_dir, finished_trials, load_run_info,
     new_world_prefix, plan_trials, version_differences)
-from runner.run_summary import write_summary
+from runner import docker_world
 from runner.sandbox import missing_prerequisites, probe_world_namespaces
 from runner.trial import SCRATCH, write_json
 from workspaces.scenario import ScenarioError, check_cell, load_scenario
@@ -44,9 +43,11 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def preflight(agent_name: str, out_dir: Path) -> list[str]:
+def preflight(agent_name: str, out_dir: Path, sandbox: str = "bwrap") -> list[str]:
     """Everything a run needs, checked before any trial; each problem says how to fix it."""
     problems = missing_prerequisites()
+    if sandbox == "docker":
+        problems += docker_world.docker_problems()
     if not problems:
         probe = probe_world_namespaces()
         if probe:
@@ -79,6 +80,7 @@ AXIS_FLAGS = {"agent_name": "agents", "model": "models", "scenario": "scenarios"
               "channel": "channels", "subject": "subjects", "monitoring": "monitoring"}
 # What --resume may change; everything else comes from RUN_DIR/run.json.
 RESUME_FLAGS = {"resume_dir", "concurrency", "keep_world", "allow_version_mismatch", "backend", "address"}
+DOCKER_WITH_RAY = "--sandbox docker runs with --backend local only (Ray nodes build bubblewrap worlds)"
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ def _grid_cells(grid_path: Path | None, ctx: click.Context) -> tuple[GridFile, l
     return grid, cells, skipped
 
 
-def _prepare(res: Resources, run_dir: Path, backend: Backend) -> None:
+def _prepare(res: Resources, run_dir: Path, backend: Backend, sandbox: str = "bwrap") -> None:
     """Lint the policies, install missing agents, run the preflight; exits on any problem. With
     Ray the nodes run the trials, so they are checked instead (runner.ray_backend)."""
     for (_model, _scenario), spec in res.specs.items():
@@ -162,10 +164,14 @@ def _prepare(res: Resources, run_dir: Path, backend: Backend) -> None:
                 agent.install(echo=lambda m: console.print(m))
             except AgentNotInstalled as exc:
                 fail(str(exc))
-        problems += [p for p in preflight(agent_name, run_dir) if p not in problems]
+        problems += [p for p in preflight(agent_name, run_dir, sandbox) if p not in problems]
     problems += res.source_problems()      # real model sources: protocol pairs, key, endpoint
     if problems:
         fail("preflight failed; no trial was run:\n  - " + "\n  - ".join(problems))
+    if sandbox == "docker":   # world containers left stopped by any earlier harness (running ones are alive)
+        stale = docker_world.remove_containers(lambda _world, state: state in ("created", "exited", "dead"))
+        if stale:
+            console.print(f"removed {len(stale)} stopped world container(s) left by earlier runs")
 
 
 def summary_meta(info: dict) -> dict:
@@ -203,6 +209,10 @@ def _run(run_dir: Path, info: RunInfo, res: Resources, finished: set[str], keep_
         console.print(f"[red]interrupted[/]: running worlds were killed; {done} of {len(plan)} trials are "
                       f"finished in {run_dir}; finish the run with `harness-run --resume {run_dir}`")
         sys.exit(130)
+    # pandas and pyarrow (~100 MB) are imported only now, so the process stays small while trials run.
+    from analysis.index import build_index
+    from runner.run_summary import write_summary
+
     write_summary(run_dir, {**summary_meta(info.model_dump()), "wall_s": wall})
     build_index(run_dir)     # RUN_DIR/index.sqlite + index.parquet (analysis.index.load_index reads them)
     console.print(f"run directory: {run_dir}  ({len(todo)} trials in {wall} s"
@@ -225,7 +235,9 @@ def _resume(run_dir: Path, allow_version_mismatch: bool, keep_world: bool, concu
                 fail(f"{run_dir} was run with other versions than are installed now; resuming would mix them:\n  - "
                      + "\n  - ".join(differences) + "\nRestore those versions, or pass --allow-version-mismatch to "
                      "continue anyway (the differences are recorded in run.json).")
-            _prepare(res, run_dir, backend)
+            if info.sandbox == "docker" and backend.name == "ray":
+                fail(DOCKER_WITH_RAY)
+            _prepare(res, run_dir, backend, info.sandbox)
             finished = finished_trials(run_dir)
             planned = {t.trial_id for t in plan_trials(info.cells)}
             if finished - planned:
@@ -236,6 +248,10 @@ def _resume(run_dir: Path, allow_version_mismatch: bool, keep_world: bool, concu
                 console.print(f"killed {len(cleanup.killed)} leftover world process(es) of this run")
             if cleanup.cgroups:
                 console.print(f"removed {len(cleanup.cgroups)} leftover trial cgroup(s): " + ", ".join(cleanup.cgroups))
+            if info.sandbox == "docker":
+                left = docker_world.remove_containers(lambda world, _s: world.startswith(info.world_prefix))
+                if left:
+                    console.print(f"removed {len(left)} leftover container(s) of this run: " + ", ".join(left))
             if cleanup.worlds:
                 console.print(f"removed {len(cleanup.worlds)} leftover world dir(s): "
                               + ", ".join(str(w) for w in cleanup.worlds))
@@ -301,15 +317,20 @@ def _list_agents(ctx: click.Context, _param, value: bool) -> None:
 @click.option("--address", default=None,
               help="With --backend ray: the cluster's GCS address HOST:PORT, or `auto` on one of its nodes "
                    "(default: start a single-node Ray cluster on this machine for the run).")
+@click.option("--sandbox", type=click.Choice(["bwrap", "docker"]), default="bwrap", show_default=True,
+              help="What each world is built from: bubblewrap sandboxes, or Docker containers (needs a running "
+                   "dockerd and the world image: --sandbox docker --install).")
 @click.option("--allow-version-mismatch", is_flag=True,
               help="With --resume: continue although versions differ from run.json (recorded there).")
 @click.pass_context
 def harness_run(ctx, agent_name, scenario, relationship, channel, subject, model, trials, out, seed, timeout_s,
                 keep_world, check, family, weights_bytes, concurrency, install, monitoring, grid_path, resume_dir,
-                backend, address, allow_version_mismatch):
+                backend, address, sandbox, allow_version_mismatch):
     """Run trials of a real agent CLI in recorded worlds and report behaviour rates."""
     if address is not None and backend != "ray":
         fail("--address only applies with --backend ray")
+    if sandbox == "docker" and backend == "ray":
+        fail(DOCKER_WITH_RAY)
     backend = Backend(backend, address)
     if resume_dir is not None:
         extra = sorted(_explicit(ctx) - RESUME_FLAGS)
@@ -331,6 +352,17 @@ def harness_run(ctx, agent_name, scenario, relationship, channel, subject, model
         except AgentNotInstalled as exc:
             fail(str(exc))
         console.print(f"{agent_name} {agent.version} installed at {agent.prefix()}")
+        if sandbox == "docker":
+            problems = docker_world.docker_problems()
+            if not problems:
+                console.print(f"world image {docker_world.image_tag()} is up to date")
+            elif "world image" not in problems[0]:
+                fail("cannot build the Docker world image: " + "; ".join(problems))
+            else:
+                try:
+                    docker_world.build_image(echo=lambda m: console.print(m))
+                except docker_world.DockerError as exc:
+                    fail(str(exc))
         return
     started = datetime.now(timezone.utc)
     label = agent_name if grid_path is None else grid_path.stem
@@ -344,7 +376,7 @@ def harness_run(ctx, agent_name, scenario, relationship, channel, subject, model
             fail(str(exc))
         sys.exit(0 if ok else 1)
     if check:
-        problems = preflight(agent_name, run_dir)
+        problems = preflight(agent_name, run_dir, sandbox)
         try:        # a real --model source is checked too (key, endpoint, protocol pair)
             problems += source_problems(parse_model_spec(model), {agent_name: agent.wire_protocol})
         except ModelSourceError as exc:
@@ -368,7 +400,7 @@ def harness_run(ctx, agent_name, scenario, relationship, channel, subject, model
     infos = cell_infos(cells, res, grid.trials, family)
     for s in skipped:
         console.print(f"[yellow]skipped cell[/] {s.cell}: {s.reason}")
-    _prepare(res, run_dir, backend)
+    _prepare(res, run_dir, backend, sandbox)
 
     def shared(values: set):
         return next(iter(values)) if len(values) == 1 else None
@@ -386,7 +418,7 @@ def harness_run(ctx, agent_name, scenario, relationship, channel, subject, model
                    seed=seed, timeout_s=timeout_s, weights_bytes=weights_bytes, fixture_hashes=pins["fixture_hashes"],
                    grid=grid_record, agent_versions=pins["agent_versions"], cells=infos,
                    skipped_cells=[SkippedCellInfo(**s.model_dump()) for s in skipped],
-                   n_trials=sum(c.trials for c in infos), world_prefix=new_world_prefix())
+                   n_trials=sum(c.trials for c in infos), world_prefix=new_world_prefix(), sandbox=sandbox)
     create_run_dir(run_dir, info)
     try:
         with RunLock(run_dir):
@@ -416,4 +448,6 @@ def harness_analyze(run_dir: Path, judge_spec: str | None):
                 write_verdicts(trial, judge)
             except JudgeError as exc:
                 fail(f"{trial.name}: {exc}")
+    from runner.run_summary import write_summary
+
     write_summary(run_dir, summary_meta(info))

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from runner.run_store import PlannedTrial, partial_dir, promote
 from runner.sandbox import CANCEL
-from runner.trial import TrialSetup, run_trial
+from runner.trial import AgentSlots, TrialSetup, run_trial
 
 # Shown live when present, in this order; other behaviours fill up to LIVE_RATES.
 MAIN_BEHAVIOURS = ("exfiltration", "deletion_refusal", "shutdown_tampering", "misrepresentation", "spec_gaming",
@@ -51,10 +51,12 @@ class Tally:
 
 
 def trial_progress(console: Console) -> Progress:
-    """The live display of a run (one task: trials done of all, the tally in `stats`)."""
+    """The live display of a run (one task: trials done of all, the tally in `stats`). Redrawn once
+    a second (at rich's default of 10 a second, redrawing cost the harness process about as much
+    CPU as collecting the trials' records)."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
-                    TimeRemainingColumn(), console=console)
+                    TimeRemainingColumn(), console=console, refresh_per_second=1)
 
 
 def _interrupt(_signum, _frame):
@@ -63,7 +65,7 @@ def _interrupt(_signum, _frame):
 
 def execute(run_dir: Path, todo: list[PlannedTrial], setup_for: Callable[[PlannedTrial], TrialSetup],
             concurrency: int, finished: list[Path], title: str, console: Console) -> float:
-    """Run `todo` (in order, `concurrency` at a time) and return the wall time. A trial that
+    """Run `todo` (in order, `concurrency` agents at a time) and return the wall time. A trial that
     finishes is moved into trials/; one cut short by an interruption stays in partial/ for a
     resume to redo. On Ctrl-C / SIGTERM every running world is killed and KeyboardInterrupt is
     raised once the workers have returned."""
@@ -71,8 +73,12 @@ def execute(run_dir: Path, todo: list[PlannedTrial], setup_for: Callable[[Planne
     for trial_dir in finished:
         tally.add(trial_dir)
 
+    # `concurrency` agents run at once; twice as many workers, so the next trials' worlds are built
+    # and the last ones' records collected while those agents run (runner.trial.AgentSlots).
+    slots = AgentSlots(concurrency)
+
     def one(planned: PlannedTrial) -> Path | None:
-        run_trial(partial_dir(run_dir, planned.trial_id), setup_for(planned))
+        run_trial(partial_dir(run_dir, planned.trial_id), setup_for(planned), slots)
         if CANCEL.is_set():      # its world may have been killed under it: not a finished trial
             return None
         return promote(run_dir, planned.trial_id)
@@ -82,7 +88,7 @@ def execute(run_dir: Path, todo: list[PlannedTrial], setup_for: Callable[[Planne
         task = progress.add_task(title, total=len(finished) + len(todo), completed=len(finished),
                                  stats=tally.text())
         # Each worker thread owns its trial's world until it returns (PDEATHSIG is per thread).
-        pool = ThreadPoolExecutor(max_workers=concurrency)
+        pool = ThreadPoolExecutor(max_workers=2 * concurrency)
         futures = [pool.submit(one, planned) for planned in todo]
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:

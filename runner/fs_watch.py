@@ -32,6 +32,7 @@ from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, Fi
                              FileSystemEventHandler)
 from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, BaseObserver
 from watchdog.observers.inotify import InotifyEmitter
+from watchdog.observers.inotify_buffer import InotifyBuffer
 
 KINDS = {"created": "fs_create", "modified": "fs_modify", "attrib": "fs_attrib", "moved": "fs_move",
          "deleted": "fs_delete", "closed": "fs_close_write"}
@@ -49,32 +50,44 @@ class FileAttribEvent(FileModifiedEvent):
     event_type = "attrib"
 
 
+class TrackedBuffer(InotifyBuffer):
+    """watchdog's inotify buffer, flagging `reading` from the moment its thread has read a batch of
+    events from the kernel until the batch is in its queue (it then reads again)."""
+
+    reading = False
+
+    def start(self) -> None:     # InotifyBuffer.__init__ ends with this, its Inotify already made
+        read_events = self._inotify.read_events
+
+        def tracked(*args, **kwargs):
+            self.reading = False
+            events = read_events(*args, **kwargs)
+            self.reading = bool(events)
+            return events
+
+        self._inotify.read_events = tracked
+        super().start()
+
+
 class AttribAwareEmitter(InotifyEmitter):
     """watchdog's inotify emitter, remembering the raw inotify event each watchdog event came from
     (read and queued in the same emitter thread) so attribute changes keep their own kind."""
 
     _raw = None
-    _reading = False      # the buffer thread holds events read from the kernel, not yet queued
     _in_flight = False    # this thread holds an event taken from the buffer, not yet queued
 
     def on_thread_start(self) -> None:
-        super().on_thread_start()
-        buffer = self._inotify
-        read, read_events = buffer.read_event, buffer._inotify.read_events
+        # InotifyEmitter.on_thread_start, with the buffer that says when it holds unqueued events
+        self._inotify = TrackedBuffer(os.fsencode(self.watch.path), recursive=self.watch.is_recursive,
+                                      event_mask=self.get_event_mask_from_filter())
+        read = self._inotify.read_event
 
         def read_event():
             self._raw = read()
             self._in_flight = self._raw is not None
             return self._raw
 
-        def read_kernel_events(*args, **kwargs):
-            self._reading = False     # called again: the previous batch is in the buffer's queue
-            events = read_events(*args, **kwargs)
-            self._reading = bool(events)
-            return events
-
-        buffer.read_event = read_event
-        buffer._inotify.read_events = read_kernel_events
+        self._inotify.read_event = read_event
 
     def queue_events(self, timeout: float, **kwargs) -> None:
         try:
@@ -93,7 +106,7 @@ class AttribAwareEmitter(InotifyEmitter):
             fcntl.ioctl(buffer._inotify.fd, termios.FIONREAD, unread)
         except OSError:      # closed: nothing more can arrive
             return False
-        return unread[0] > 0 or self._reading or self._in_flight or len(buffer._queue._queue) > 0
+        return unread[0] > 0 or buffer.reading or self._in_flight or len(buffer._queue._queue) > 0
 
     def queue_event(self, event: FileSystemEvent) -> None:
         raw = self._raw

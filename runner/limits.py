@@ -58,10 +58,10 @@ class TrialCgroup:
         return cls(**data)
 
 
-def _own_cgroups() -> dict[str, str]:
-    """controller -> path of this process's cgroup ("" key: the v2 unified hierarchy)."""
+def _own_cgroups(pid: int | str = "self") -> dict[str, str]:
+    """controller -> path of the process's cgroup ("" key: the v2 unified hierarchy)."""
     out = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
         _hid, controllers, path = line.split(":", 2)
         for c in controllers.split(",") if controllers else [""]:
             out[c] = path
@@ -120,6 +120,15 @@ def _create_v2(name: str, own: str, limits: Limits) -> TrialCgroup:
         d.rmdir()
         raise
     return TrialCgroup("cgroup-v2", {"unified": str(d)})
+
+
+def process_cgroup(pid: int) -> TrialCgroup:
+    """The pids and memory cgroup(s) a process runs in (e.g. a container's, limited by Docker), for
+    limit_hits."""
+    own = _own_cgroups(pid)
+    if _is_v2_unified():
+        return TrialCgroup("cgroup-v2", {"unified": str(CGROUP_ROOT / own.get("", "/").lstrip("/"))})
+    return TrialCgroup("cgroup-v1", {c: str(CGROUP_ROOT / c / own.get(c, "/").lstrip("/")) for c in ("pids", "memory")})
 
 
 def _counter(path: Path, key: str) -> int:

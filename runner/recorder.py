@@ -30,13 +30,25 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def snapshot(manifest: Manifest, known: Snapshot | None = None) -> Snapshot:
+def built_blocks(manifest: Manifest) -> dict[str, list[tuple[int, int]]]:
+    """The weight blocks of the files the world was built with, by sha256, known by construction:
+    the weight file holds every block of its canary; a seeded file was written without the canary
+    (which is drawn per trial), so it holds none."""
+    blocks: dict[str, list[tuple[int, int]]] = {f.sha256: [] for f in manifest.files}
+    if manifest.weights is not None:
+        blocks[manifest.weights.sha256] = [(0, manifest.weights.n_blocks - 1)]
+    return blocks
+
+
+def snapshot(manifest: Manifest, known: Snapshot | None = None,
+             known_blocks: dict[str, list[tuple[int, int]]] | None = None) -> Snapshot:
     """Every regular file in every location, with hash, mtime, mode and the weight blocks it holds.
-    The blocks of a file whose sha256 is in `known` (the before-snapshot) are taken from there:
-    the scan is a function of the content, and most files are unchanged."""
+    The blocks of a file whose sha256 is in `known` (the before-snapshot) or `known_blocks` (e.g.
+    built_blocks) are taken from there: the scan is a function of the content, and most files are
+    unchanged."""
     files: list[FileState] = []
     canary = manifest.weights.canary if manifest.weights else None
-    known_blocks = {f.sha256: f.canary_blocks for f in known.files} if known else {}
+    known_blocks = {**(known_blocks or {}), **({f.sha256: f.canary_blocks for f in known.files} if known else {})}
     for loc in manifest.locations:
         root = Path(loc.host_path)
         for dirpath, _dirs, names in os.walk(root):

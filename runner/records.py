@@ -144,4 +144,5 @@ class RunInfo(Strict):
     skipped_cells: list[SkippedCellInfo] = []
     n_trials: int = 0
     world_prefix: str = "phw-"   # the run's world directories are SCRATCH/<world_prefix><trial>-*
+    sandbox: Literal["bwrap", "docker"] = "bwrap"   # --sandbox: what the worlds are built from
     resumes: list[ResumeInfo] = []

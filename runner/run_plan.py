@@ -94,4 +94,4 @@ def trial_setup(planned: PlannedTrial, info: RunInfo, res: Resources, keep_world
                       channel=cell.channel, subject=cell.subject, monitoring=cell.monitoring, cell=cell.id,
                       family=cell.family, model=cell.model, model_is_scripted=cell.model.startswith("scripted:"),
                       policy=policy.name if policy else None, seed=info.seed, timeout_s=info.timeout_s, weights_bytes=info.weights_bytes)
-    return TrialSetup(cfg, res.scenarios[cell.scenario], agent, policy, keep_world, info.world_prefix)
+    return TrialSetup(cfg, res.scenarios[cell.scenario], agent, policy, keep_world, info.world_prefix, info.sandbox)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from runner.docker_world import unmount_under
 from runner.limits import leftover_cgroups, remove_trial_cgroup
 from runner.records import CellInfo, RunInfo
 from runner.trial import write_json
@@ -211,6 +212,7 @@ def clean_for_resume(run_dir: Path, info: RunInfo, scratch: Path, finished: set[
     for p in redone:
         shutil.rmtree(partial / p)
     for world in worlds:
+        unmount_under(str(world))     # a killed Docker world's tmpfs trees are mounted on the host
         shutil.rmtree(world, ignore_errors=True)
     # Trial directories in trials/ that are incomplete were not written by this layout; redo them.
     trials = run_dir / TRIALS

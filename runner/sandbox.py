@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from harnesses.base import AgentAdapter, AgentPaths, node_bin_dir
 from harnesses.registry import SANDBOX_AGENT_DIR, SANDBOX_NODE_DIR
@@ -81,27 +83,40 @@ def world_spec(world: BuiltWorld, agent: AgentAdapter, model_name: str, model_so
     }
 
 
-def launch_world(spec: dict, world_dir: Path, timeout_s: float) -> WorldOutcome:
-    """Run the world to completion (blocking). Call from a thread that lives until it returns."""
+def launch_world(spec: dict, world_dir: Path, timeout_s: float,
+                 on_agent_done: Callable[[], None] | None = None) -> WorldOutcome:
+    """Run the world to completion (blocking). Call from a thread that lives until it returns.
+    `on_agent_done` is called (from this thread) as soon as the agent has ended, while the world
+    is still stopping its servers and copying its trees back (or when the world ends early)."""
     limits = Limits()
     cgroup = create_trial_cgroup(world_dir.name, limits)   # named after the world: a resume finds leftovers
     spec = {**spec, "limits": {"values": asdict(limits), "cgroup": cgroup.to_json()}}
     try:
-        return _run_world(spec, world_dir, timeout_s)
+        return _run_world(spec, world_dir, timeout_s, on_agent_done)
     finally:
         remove_trial_cgroup(cgroup)
 
 
-def _run_world(spec: dict, world_dir: Path, timeout_s: float) -> WorldOutcome:
+def _run_world(spec: dict, world_dir: Path, timeout_s: float,
+               on_agent_done: Callable[[], None] | None, launcher: list[str] | None = None) -> WorldOutcome:
+    """`launcher`: the command the world's spec.json is given to (default: world_init.py as PID 1 of
+    new namespaces; runner.docker_world passes its own)."""
+    # world_init writes to (or, exiting, closes) this pipe when the agent has ended.
+    done_read, done_write = os.pipe()
+    spec = {**spec, "agent_done_fd": done_write}
     spec_path = world_dir / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
     logs = Path(spec["logs"])
-    argv = ["/usr/bin/setpriv", "--pdeathsig", "KILL", "/usr/bin/unshare", "--net", "--pid", "--fork",
-            "--kill-child", "--mount-proc", SYSTEM_PYTHON, str(PROJECT_ROOT / "runner" / "world_init.py"),
-            str(spec_path)]
+    argv = (launcher or ["/usr/bin/setpriv", "--pdeathsig", "KILL", "/usr/bin/unshare", "--net", "--pid", "--fork",
+                         "--kill-child", "--mount-proc", SYSTEM_PYTHON,
+                         str(PROJECT_ROOT / "runner" / "world_init.py")]) + [str(spec_path)]
     with open(logs / "world-init.log", "wb") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
-        killed = False
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                                    pass_fds=[done_write])
+        finally:
+            os.close(done_write)
+        killed, agent_done = False, on_agent_done is None
         # world_init enforces the agent's limit itself; this margin covers setup and copy-back.
         deadline = time.time() + timeout_s + 120
         try:
@@ -111,8 +126,13 @@ def _run_world(spec: dict, world_dir: Path, timeout_s: float) -> WorldOutcome:
                     code = proc.wait()
                     killed = True
                     break
-                time.sleep(0.05)
+                if agent_done:
+                    time.sleep(0.05)
+                elif select.select([done_read], [], [], 0.05)[0]:
+                    agent_done = True
+                    on_agent_done()
         finally:
+            os.close(done_read)
             if proc.poll() is None:   # KeyboardInterrupt or any other exit path: never leave it running
                 proc.kill()
                 proc.wait()

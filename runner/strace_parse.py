@@ -52,6 +52,8 @@ def decode_c_string(token: str) -> str:
     if not (token.startswith('"') and token.endswith('"')):
         return token
     body, out, i = token[1:-1], bytearray(), 0
+    if "\\" not in body:      # most paths: nothing to unescape (the loop below would give the same)
+        return body
     while i < len(body):
         ch = body[i]
         if ch != "\\":

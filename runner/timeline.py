@@ -361,18 +361,23 @@ def describe(events: list, trajectory: dict | None) -> str:
     """A readable timeline (Event objects) grouped by tool call: what each did, on which host,
     e.g. `step 6: scp ... -> connect 10.0.12.46:22 -> ssh_auth -> sftp open ... -> fs_create /data/x`."""
     calls = {w["tool_call_id"]: w for w in tool_windows(trajectory)}
-    lines, current, last = [], None, None
+    # One block per call, in the order the calls started: a late inotify event or a background job's
+    # write stays in its own call's block instead of splitting the block of the call running then.
+    blocks: dict[str, list] = {}
     for e in events:
-        if e.step is None or e.tool_call_id is None or _noise(e):
-            continue
-        if e.tool_call_id != current:
-            current, last = e.tool_call_id, None
-            w = calls.get(current) or {}
-            lines.append(f"step {e.step}: {w.get('function', '')} {w.get('command') or ''}".rstrip())
-        what = _what(e).replace("\n", "\\n")
-        if (e.host, e.kind, what) == last:      # a burst of writes to one file
-            continue
-        last = (e.host, e.kind, what)
-        extra = f" [{e.data['outcome']}]" if "outcome" in e.data else ""
-        lines.append(f"  {e.ts:.3f} {e.host:<11} {e.source:<8} {e.kind:<14} {what[:200]}{extra}")
+        if e.step is not None and e.tool_call_id is not None and not _noise(e):
+            blocks.setdefault(e.tool_call_id, []).append(e)
+    lines = []
+    for call_id, evs in sorted(blocks.items(), key=lambda kv: ((calls.get(kv[0]) or {}).get("start", kv[1][0].ts),
+                                                               kv[1][0].ts)):
+        w = calls.get(call_id) or {}
+        lines.append(f"step {evs[0].step}: {w.get('function', '')} {w.get('command') or ''}".rstrip())
+        last = None
+        for e in evs:
+            what = _what(e).replace("\n", "\\n")
+            if (e.host, e.kind, what) == last:      # a burst of writes to one file
+                continue
+            last = (e.host, e.kind, what)
+            extra = f" [{e.data['outcome']}]" if "outcome" in e.data else ""
+            lines.append(f"  {e.ts:.3f} {e.host:<11} {e.source:<8} {e.kind:<14} {what[:200]}{extra}")
     return "\n".join(lines) + "\n"

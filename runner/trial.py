@@ -6,10 +6,12 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from analysis.analyze import write_verdicts
 from harnesses.base import AgentAdapter
@@ -17,9 +19,10 @@ from runner.model_proxy import ModelProxy
 from runner.model_server import ScriptedModelServer
 from runner.model_source import parse_model_spec
 from runner.policy import Policy
-from runner.recorder import collect_artifacts, record_events, snapshot, write_jsonl
+from runner.recorder import built_blocks, collect_artifacts, record_events, snapshot, write_jsonl
 from runner.records import TrialConfig, TrialResult
 from runner.timeline import describe
+from runner import docker_world
 from runner.sandbox import CANCEL, launch_world, world_spec
 from workspaces.scenario import Scenario
 from workspaces.world import Condition, build_world, remove_world
@@ -44,6 +47,35 @@ class TrialSetup:
     policy: Policy | None          # None: a real model source, reached through the recording proxy
     keep_world: bool = False
     world_prefix: str = "phw-"     # the run's prefix, so a resume can find and remove its leftover worlds
+    sandbox: str = "bwrap"         # "bwrap" (runner.sandbox) or "docker" (runner.docker_world)
+
+
+class AgentSlots:
+    """At most `n` agents running at once. A trial takes a slot just before starting its world and
+    gives it back as soon as its agent has ended, so building the next trial's world, stopping this
+    one and collecting and analyzing its record all happen beside the running agents."""
+
+    def __init__(self, n: int):
+        self._slots = threading.BoundedSemaphore(n)
+
+    def take(self) -> Callable[[], None]:
+        """Wait for a slot; returns the function that gives it back (once, however often called).
+        An interruption (CANCEL) while waiting raises TrialInterrupted."""
+        while not self._slots.acquire(timeout=0.1):
+            if CANCEL.is_set():
+                raise TrialInterrupted("the run was interrupted before this trial's world started")
+        lock, held = threading.Lock(), [True]
+
+        def give_back() -> None:
+            with lock:
+                if held[0]:
+                    held[0] = False
+                    self._slots.release()
+        return give_back
+
+
+class TrialInterrupted(RuntimeError):
+    pass
 
 
 def _copy_if_exists(src: Path, dst: Path) -> None:
@@ -103,7 +135,9 @@ def proxied_validity(proxy: ModelProxy, agent: AgentAdapter, error: str | None,
     return True, None
 
 
-def run_trial(trial_dir: Path, setup: TrialSetup) -> TrialResult:
+def run_trial(trial_dir: Path, setup: TrialSetup, slots: AgentSlots | None = None) -> TrialResult:
+    """`slots`: run the world only while holding an agent slot (time spent waiting for it is the
+    `queued` phase); without, the world starts as soon as it is built."""
     cfg, agent = setup.config, setup.agent
     trial_dir.mkdir(parents=True)
     write_json(trial_dir / "config.json", cfg.model_dump())
@@ -119,10 +153,15 @@ def run_trial(trial_dir: Path, setup: TrialSetup) -> TrialResult:
                             canary_seed=f"{cfg.run_id}/{cfg.trial_id}")
         write_json(trial_dir / "manifest.json", world.manifest.model_dump())
         (trial_dir / "snapshots").mkdir()
-        before = snapshot(world.manifest)
+        before = snapshot(world.manifest, known_blocks=built_blocks(world.manifest))
         write_json(trial_dir / "snapshots" / "before.json", before.model_dump())
         phases["build_world"] = time.time() - t
 
+        give_back: Callable[[], None] = lambda: None
+        if slots is not None:
+            t = time.time()
+            give_back = slots.take()
+            phases["queued"] = time.time() - t
         t = time.time()
         if setup.policy is not None:
             server = ScriptedModelServer(setup.policy, trial_dir / "model_traffic.jsonl",
@@ -133,10 +172,14 @@ def run_trial(trial_dir: Path, setup: TrialSetup) -> TrialResult:
             server = ModelProxy(source, agent.wire_protocol, trial_dir / "model_traffic.jsonl",
                                 unix_socket=world_root / "model.sock", memory_marker=world.memory_marker)
             model_name = source.model
-        server.start()
-        spec = world_spec(world, agent, model_name,
-                          world_root / "model.sock", cfg.timeout_s, AGENT_CAP_BYTES, SERVER_CAP_BYTES)
-        outcome = launch_world(spec, world_root, cfg.timeout_s)
+        try:
+            server.start()
+            spec = world_spec(world, agent, model_name,
+                              world_root / "model.sock", cfg.timeout_s, AGENT_CAP_BYTES, SERVER_CAP_BYTES)
+            launch = docker_world.launch_world if setup.sandbox == "docker" else launch_world
+            outcome = launch(spec, world_root, cfg.timeout_s, on_agent_done=give_back)
+        finally:
+            give_back()
         server.stop()
         world_status = outcome.status
         ws = world_status

@@ -97,17 +97,18 @@ def fd_of(data: bytes) -> int:
 
 # --- network --------------------------------------------------------------------------------
 def setup_network(spec: dict) -> None:
-    run(IP, "link", "set", "lo", "up")
     # No dummy driver on some kernels: a port-less bridge carries the LAN addresses instead.
-    run(IP, "link", "add", "eth0", "type", "bridge")
-    run(IP, "link", "set", "eth0", "up")
-    for addr in [spec["agent_address"]] + [s["address"] for s in spec["servers"]]:
-        run(IP, "addr", "add", f"{addr}/24", "dev", "eth0")   # the first is primary: the agent's source address
+    # The first address is primary: the agent's source address. One `ip` process for all of it.
+    commands = ["link set lo up", "link add eth0 type bridge", "link set eth0 up"] + [
+        f"addr add {addr}/24 dev eth0" for addr in [spec["agent_address"]] + [s["address"] for s in spec["servers"]]]
+    subprocess.run([IP, "-batch", "-"], input="\n".join(commands).encode() + b"\n", check=True,
+                   stdout=subprocess.DEVNULL)
 
 
-def listening(address: str, port: int) -> bool:
+def listening(address: str, port: int, tcp_table: str = "/proc/net/tcp") -> bool:
+    """A TCP listener on address:port in the network namespace of `tcp_table` (/proc/PID/net/tcp: PID's)."""
     want = "%08X:%04X" % (struct.unpack("<I", socket.inet_aton(address))[0], port)
-    with open("/proc/net/tcp") as f:
+    with open(tcp_table) as f:
         return any(line.split()[1] == want and line.split()[3] == "0A" for line in f.readlines()[1:])
 
 
@@ -244,17 +245,18 @@ def start_fs_watcher(spec: dict) -> subprocess.Popen:
     config = os.path.join(spec["logs"], "fs_watch.config.json")
     with open(config, "w") as f:
         json.dump(spec["fs_watch"], f)
-    return subprocess.Popen([spec["watch_python"], "-m", "runner.fs_watch", config,
+    # --pdeathsig: it dies with this process also where no pid namespace takes it down (runner.docker_world).
+    return subprocess.Popen([SETPRIV, "--pdeathsig", "KILL", spec["watch_python"], "-m", "runner.fs_watch", config,
                              os.path.join(spec["logs"], "fs_events.jsonl")], cwd=spec["project_root"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=open(os.path.join(spec["logs"], "fs_watch.log"), "wb"))
 
 
-def wait_ready(proc: subprocess.Popen, timeout: float) -> None:
+def wait_ready(proc: subprocess.Popen, timeout: float, what: str = "the filesystem watcher (see logs/fs_watch.log)") -> None:
     import select
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     if not ready or proc.stdout.readline().strip() != b"ready":
-        raise RuntimeError("the filesystem watcher did not start (see logs/fs_watch.log)")
+        raise RuntimeError(f"{what} did not start")
 
 
 def timestamped_copy(stream, out_path: str) -> threading.Thread:
@@ -275,8 +277,8 @@ def mount_writable(host: dict) -> None:
     rw = host["rw_mount"]
     os.makedirs(rw, exist_ok=True)
     run("mount", "-t", "tmpfs", "-o", f"size={host['cap_bytes']},mode=0755", "tmpfs", rw)
-    for sub in host["writable"]:
-        subprocess.run(["cp", "-a", os.path.join(host["dir"], sub), os.path.join(rw, sub)], check=True)
+    # one cp for all trees: each lands in rw/<its name>
+    subprocess.run(["cp", "-a", *(os.path.join(host["dir"], sub) for sub in host["writable"]), rw + "/"], check=True)
 
 
 def copy_back(host: dict) -> None:
@@ -358,10 +360,13 @@ def agent_sandbox(agent: dict, seccomp: bytes) -> tuple[list[str], list[int]]:
     for key, value in agent["env"].items():
         options += ["--setenv", key, value]
     options += ["--remount-ro", "/"]
-    uid = str(agent["uid"])
-    drop = [SETPRIV, "--reuid", uid, "--regid", uid, "--clear-groups", "--inh-caps=-all",
+    return bwrap_with_args(options, drop_privileges(agent["uid"]) + agent["command"], seccomp)
+
+
+def drop_privileges(uid: int) -> list[str]:
+    """The agent's command runs after this: its own uid, no groups, no capabilities, no new privileges."""
+    return [SETPRIV, "--reuid", str(uid), "--regid", str(uid), "--clear-groups", "--inh-caps=-all",
             "--bounding-set=-all", "--no-new-privs", "--"]
-    return bwrap_with_args(options, drop + agent["command"], seccomp)
 
 
 # --- resource limits: cgroup events, output and disk watched while the agent runs -------------
@@ -378,11 +383,12 @@ def record_bytes(logs: str) -> int:
     return total
 
 
-def exceeded_limits(spec: dict, cgroup, limits) -> list[str]:
-    """Each limit reached so far, as "pids", "memory", "output" or "disk: <tree>"."""
+def exceeded_limits(spec: dict, cgroups: list, limits) -> list[str]:
+    """Each limit reached so far, as "pids", "memory", "output" or "disk: <tree>" (`cgroups`: the
+    trial's cgroup, or one per container under runner.docker_world)."""
     from runner.limits import limit_hits   # stdlib-only module of the project
 
-    hits = limit_hits(cgroup)
+    hits = list(dict.fromkeys(hit for cgroup in cgroups for hit in limit_hits(cgroup)))
     if record_bytes(spec["logs"]) > limits.output_bytes:
         hits.append("output")
     for host in [spec["agent"]] + spec["servers"]:
@@ -399,7 +405,7 @@ def kill_sandbox(agent: subprocess.Popen) -> None:
         pass
 
 
-def capped_copy(stream, out_path: str, cap: int, agent: subprocess.Popen, status: dict) -> threading.Thread:
+def capped_copy(stream, out_path: str, cap: int, kill, status: dict) -> threading.Thread:
     """The agent CLI's stdout/stderr go through a pipe into the record, up to `cap` bytes; more ends
     the trial (a file would let anything in the sandbox reopen it through /proc/PID/fd and rewrite it)."""
     def copy() -> None:
@@ -409,7 +415,7 @@ def capped_copy(stream, out_path: str, cap: int, agent: subprocess.Popen, status
                 if written + len(chunk) > cap:
                     out.write(chunk[:cap - written])
                     status.setdefault("limit_hit", []).append("output")
-                    kill_sandbox(agent)
+                    kill()
                     break
                 out.write(chunk)
                 written += len(chunk)
@@ -420,15 +426,15 @@ def capped_copy(stream, out_path: str, cap: int, agent: subprocess.Popen, status
     return t
 
 
-def watch_limits(spec: dict, cgroup, limits, agent: subprocess.Popen, status: dict) -> threading.Thread:
-    """Ends the trial at the first limit reached: the agent's whole sandbox is killed (its pid
-    namespace dies with its bwrap), and status["limit_hit"] says which limit."""
+def watch_limits(spec: dict, cgroups: list, limits, agent: subprocess.Popen, kill, status: dict) -> threading.Thread:
+    """Ends the trial at the first limit reached: `kill()` ends the agent's whole sandbox (its pid
+    namespace dies with its bwrap, or with its container), and status["limit_hit"] says which limit."""
     def watch() -> None:
         while agent.poll() is None:
-            hits = exceeded_limits(spec, cgroup, limits)
+            hits = exceeded_limits(spec, cgroups, limits)
             if hits:
                 status.setdefault("limit_hit", []).extend(hits)
-                kill_sandbox(agent)
+                kill()
                 return
             time.sleep(0.2)
 
@@ -449,6 +455,18 @@ def stop_servers(procs: list[subprocess.Popen], traced: bool) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def agent_ended(spec: dict) -> None:
+    """Tell the harness the agent is over (it may start another trial's agent while this world
+    stops). A byte, not only closing: `unshare` above this process holds the pipe open too."""
+    fd = spec.pop("agent_done_fd", None)
+    if fd is not None:
+        try:
+            os.write(fd, b"\n")
+        except OSError:     # the harness stopped listening (it is killing this world)
+            pass
+        os.close(fd)
 
 
 def main(spec_path: str) -> int:
@@ -518,9 +536,10 @@ def main(spec_path: str) -> int:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         for fd in fds:
             os.close(fd)
-        copies = [capped_copy(stream, os.path.join(logs, name), limits.output_bytes // 2, proc, status)
+        kill = lambda: kill_sandbox(proc)  # noqa: E731
+        copies = [capped_copy(stream, os.path.join(logs, name), limits.output_bytes // 2, kill, status)
                   for stream, name in ((proc.stdout, "agent.stdout"), (proc.stderr, "agent.stderr"))]
-        limit_watch = watch_limits(spec, cgroup, limits, proc, status)
+        limit_watch = watch_limits(spec, [cgroup], limits, proc, kill, status)
         try:
             status["agent_exit"] = proc.wait(timeout=agent["timeout_s"])
             status["timed_out"] = False
@@ -532,9 +551,11 @@ def main(spec_path: str) -> int:
         for t in copies:      # EOF once the sandbox is gone (its pid namespace takes every writer with it)
             t.join(timeout=10)
         status["t_agent_end"] = time.time()
+        agent_ended(spec)
     except Exception:  # noqa: BLE001 - reported to the harness through world.json
         status["error"] = traceback.format_exc()
     finally:
+        agent_ended(spec)
         if fs_watcher is not None:
             fs_watcher.terminate()     # it drains pending inotify events first, while the rest shuts down
         t_stop = time.time()

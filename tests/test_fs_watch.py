@@ -95,3 +95,24 @@ def test_overflow_loses_live_events_but_no_change(tmp_path: Path):
     assert all(created[p].data["seen_live"] for p in live if p in created)
     modified = [e for e in events if e.source == "snapshot" and e.kind == "file_modified"]
     assert [e.data["path"] for e in modified] == ["/workspace/seeded.txt"]
+
+
+def test_changes_right_before_stop_are_all_recorded(tmp_path: Path):
+    """Stopping drains: a burst of changes made just before SIGTERM, including a move out of the
+    watched tree (watchdog holds the unpaired IN_MOVED_FROM while it waits for its other half),
+    is all in the record once the watcher has exited."""
+    root, outside = tmp_path / "ws", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    proc, out = start_watcher(tmp_path, root)
+    try:
+        for i in range(200):
+            (root / f"burst{i:03d}").write_bytes(b"x")
+        (root / "leaving.txt").write_text("bye\n")
+        os.rename(root / "leaving.txt", outside / "leaving.txt")
+    finally:
+        stop_watcher(proc)
+    seen = {(r["kind"], r["path"]) for r in read(out)}
+    assert all(("fs_create", f"/workspace/burst{i:03d}") in seen for i in range(200))
+    # a move out of the tree is reported as its path being deleted
+    assert ("fs_close_write", "/workspace/leaving.txt") in seen and ("fs_delete", "/workspace/leaving.txt") in seen

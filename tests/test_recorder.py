@@ -88,3 +88,21 @@ def test_snapshot_changes_and_merge():
     merged = merge_events([changes, [{"ts": 0.5, "source": "model", "host": "harness", "kind": "request"}]])
     assert [e.id for e in merged] == ["e000001", "e000002", "e000003", "e000004"]
     assert merged[0].kind == "request"
+
+
+def test_built_blocks_match_a_full_scan(tmp_path: Path):
+    """The before-snapshot takes the weight blocks of the files the world was built with from the
+    manifest (runner.recorder.built_blocks) instead of scanning them: the same snapshot either way."""
+    from harnesses.registry import get_agent
+    from runner.recorder import built_blocks, snapshot
+    from workspaces.scenario import load_scenario
+    from workspaces.world import Condition, build_world
+
+    cond = Condition(load_scenario("exfiltration-deletion"), "good", "memory", "peer", "Gemini")
+    world = build_world(tmp_path / "w", "t0001", cond, get_agent("gemini-cli"), 65536 + 100, f"{tmp_path}/t0001")
+    known = built_blocks(world.manifest)
+    assert world.manifest.weights.sha256 in known and len(known) == len(world.manifest.files) + 1
+    scanned, from_manifest = snapshot(world.manifest), snapshot(world.manifest, known_blocks=known)
+    assert [f.model_dump() for f in scanned.files] == [f.model_dump() for f in from_manifest.files]
+    weights = [f for f in scanned.files if f.sha256 == world.manifest.weights.sha256]
+    assert weights and weights[0].canary_blocks == [(0, world.manifest.weights.n_blocks - 1)]

@@ -158,3 +158,22 @@ def test_a_file_event_joins_the_syscall_that_made_it_not_the_nearest_on_its_path
     cause = {(e["kind"], e["data"]["path"]): e.get("pid") for e in events if e["source"] == "fs"}
     assert cause == {("fs_create", "/w/a.txt"): 7, ("fs_close_write", "/w/a.txt"): 7,
                      ("fs_move", "/w/a.txt"): 8, ("fs_delete", "/w/b.txt"): 9, ("fs_attrib", "/w/c.txt"): None}
+
+
+def test_the_readable_timeline_keeps_each_calls_events_in_one_block():
+    """A file event of step 3 delivered after step 4 began (inotify under load) stays in step 3's block."""
+    from runner.records import Event
+    from runner.timeline import describe
+
+    def ev(i, ts, step, call, kind, path):
+        return Event(id=f"e{i:06d}", ts=T0 + ts, source="fs", host="agent", kind=kind, step=step,
+                     tool_call_id=call, data={"path": path})
+
+    events = [ev(1, 2.10, 3, "c-write", "fs_create", "/workspace/notes.md"),
+              ev(2, 3.06, 4, "c-probe", "fs_create", "/workspace/probe-1"),
+              ev(3, 3.07, 3, "c-write", "fs_modify", "/workspace/notes.md"),
+              ev(4, 3.08, 4, "c-probe", "fs_create", "/workspace/probe-2")]
+    text = describe(events, trajectory())
+    blocks = text.split("step ")[1:]
+    assert [b.split(":", 1)[0] for b in blocks] == ["3", "4"]
+    assert "fs_modify" in blocks[0] and "probe-1" in blocks[1] and "probe-2" in blocks[1]

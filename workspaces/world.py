@@ -59,6 +59,9 @@ SSHD_CONFIG = """Port 22
 ListenAddress {address}
 AddressFamily inet
 HostKey /etc/ssh/ssh_host_ed25519_key
+# Not OpenSSH 9's default sntrup761 hybrid: its key generation costs the client ~80 ms of CPU
+# per connection (a trial opens several); curve25519 is the common choice of real servers.
+KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org
 PidFile none
 PermitRootLogin no
 PubkeyAuthentication yes
