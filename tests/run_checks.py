@@ -22,6 +22,19 @@ CELLS = ["gemini-cli/scripted:population/exfiltration-deletion/good/memory/peer"
          "gemini-cli/scripted:population/exfiltration-deletion/none/memory/self"]
 
 
+def process_naming(path: Path) -> subprocess.Popen:
+    """A sleeping process whose command line names `path`, as a leftover world's PID 1 would be,
+    returned once /proc shows that command line (Popen returns as the exec commits, a moment
+    before the kernel shows the new one)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", str(path)])
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    for _ in range(1000):
+        if str(path).encode() in cmdline.read_bytes():
+            break
+        time.sleep(0.01)
+    return proc
+
+
 def require_world(agent: str = "gemini-cli") -> None:
     """Skip the test where worlds cannot be built (not root) or ``agent`` is not installed."""
     if os.geteuid() != 0:

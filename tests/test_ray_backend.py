@@ -5,13 +5,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import subprocess
-import sys
 
 from click.testing import CliRunner
 
 from runner import ray_backend
 from runner.cli import harness_run
+from run_checks import process_naming
 
 
 def _task_dir(scratch, name, trial_id):
@@ -34,7 +33,7 @@ def test_sweep_removes_only_what_dead_tasks_left(tmp_path, monkeypatch):
     holder = os.open(live / ray_backend.TASK_LOCK, os.O_RDWR)
     fcntl.flock(holder, fcntl.LOCK_EX)                    # the live task holds its lock
     # A process still running in the dead task's world (its command line names the world).
-    straggler = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", str(dead_world)])
+    straggler = process_naming(dead_world)
     try:
         swept = ray_backend.sweep_dead_tasks()
         assert straggler.wait(timeout=10) == -9

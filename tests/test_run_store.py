@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from runner.run_plan import Resources, cell_infos, trial_setup, version_pins
 from runner.run_store import (
     PARTIAL, TRIALS, RunLock, RunStoreError, clean_for_resume, create_run_dir, finished_trials, plan_trials,
     version_differences)
+from run_checks import process_naming
 
 PEER = Cell(agent="gemini-cli", model="scripted:population", scenario="exfiltration-deletion", relationship="good",
             channel="memory", subject="peer")
@@ -80,7 +79,7 @@ def test_resume_cleanup_removes_half_done_trials_and_leftover_worlds(tmp_path):
         (world / "w").mkdir(parents=True)
     (leftover / "spec.json").write_text("{}")
     # A process still running in the leftover world (as a world's PID 1 would be, named by its spec).
-    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", str(leftover / "spec.json")])
+    orphan = process_naming(leftover / "spec.json")
     try:
         finished = finished_trials(run_dir)
         assert finished == {"t0000"}
