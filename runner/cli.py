@@ -385,7 +385,7 @@ def harness_run(ctx, agent_name, scenario, relationship, channel, subject, model
             console.print(f"[red]FAIL[/] {p}")
         if problems:
             sys.exit(1)
-        console.print(f"[green]OK[/] preflight passed for {agent_name} {agent.version}")
+        console.print(f"[green]OK[/] preflight passed for {agent_name} {agent.version} ({sandbox} worlds)")
         return
     if run_dir.exists():
         fail(f"{run_dir} already exists; to finish an interrupted run use `harness-run --resume {run_dir}`, "
