@@ -1,26 +1,35 @@
 """The harness against a bare loop of the same CLI episodes.
 
 Runs N offline trials of gemini-cli on scripted:population through `harness-run`, then the same N
-episodes (the same policy per index: population drawn from the same seed) as a bare loop: the
-CLI launched on the host against a ScriptedModelServer in a temp workspace, no world, no
-sandbox, no recorder, at the same concurrency. There are no servers: `ssh`, `scp`, `sftp` and
-`rsync` are stand-ins on PATH that fail at once, so the bare loop is a lower bound on the CLI's
-own time.
+episodes (the same policy per index: population drawn from the same seed) as a bare loop at the
+same concurrency. What "bare" contains (BareEpisodes): the CLI launched as root on the host
+filesystem against a ScriptedModelServer on 127.0.0.1, in a copy of a built world's workspace and
+HOME; and the world's two servers, so the agent's ssh/scp commands reach real sshd as in a trial:
+`concurrency` lanes, each its own network + mount + pid namespace holding the world's LAN (a bridge
+with 10.0.12.10 and the servers' 10.0.12.45/.46), in which every episode gets both servers fresh
+(tmpfs copies of their trees, the /etc overlay with host key, sshd_config, size shim; sshd under
+bubblewrap, exactly as world_init starts them) before its clock starts, and root's ~/.ssh holds
+the world's agent key and known_hosts. Not in "bare": the agent's sandbox, strace (agent and
+servers), the filesystem watcher, the model relay and DNS sink, cgroups and limit watching,
+snapshots, collection and analysis. `--bare-without-servers`: the old bare loop, on the host,
+with `ssh`, `scp`, `sftp` and `rsync` stand-ins on PATH that fail at once (a lower bound on the
+CLI's own time; not the same episodes).
 
-    python bench/run_vs_bare.py [--trials 200] [--concurrency 2] [--seed 0]
+    python bench/run_vs_bare.py [--trials 200] [--concurrency 2] [--seed 0] [--bare-without-servers]
 
 Prints and writes to bench/results/run_vs_bare.json: both wall times and their ratio; the
 per-trial harness overhead: on the critical path (median time a trial holds one of the run's
-`concurrency` agent slots -- world start and agent -- minus the median bare episode; building,
-stopping, collecting and analyzing run beside the other trials' agents), as latency (median trial
-time without waiting for a slot, minus the median bare episode) and at run level ((harness wall -
-bare wall) x concurrency / N); per-phase medians of the harness trials (result.json phases) and
-the median time per trial in SSH sessions with the world's servers (within the agent phase; the
-bare loop has none); the harness process's peak RSS (VmHWM, polled); CPU seconds of the
-harness's whole process tree (worlds, servers, recorders, agents) against the bare loop's, and of
-the harness process alone per trial (CPU figures are far less disturbed by other load on the
-machine than wall times); the load average at start and end. Targets on a 2-core machine: ratio <= 1.15, overhead <= 300 ms median,
-RSS <= 200 MB."""
+`concurrency` agent slots, from its started world's go to its agent's end, minus the median bare
+episode; building and starting worlds, stopping them, collecting and analyzing run beside the
+other trials' agents), as latency (median trial time without waiting for a slot, minus the median
+bare episode) and at run level ((harness wall - bare wall) x concurrency / N); per-phase medians
+of the harness trials (result.json phases) and the median time per trial and per bare episode in
+SSH sessions with the servers (sshd logs); the harness process's peak RSS (VmHWM, polled); CPU
+seconds of the harness's whole process tree (worlds, servers, recorders, agents) against the bare
+loop's (its episodes from their servers being up: model server, CLI tree, sshd), and of the
+harness process alone per trial (CPU figures are far less disturbed by other load on the machine
+than wall times); the load average at start and end. Targets on a 2-core machine: ratio <= 1.15,
+overhead <= 300 ms median, RSS <= 200 MB."""
 from __future__ import annotations
 
 import json
@@ -33,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,11 +58,14 @@ from harnesses.registry import get_agent  # noqa: E402
 from runner.policy import Mixture  # noqa: E402
 from runner.run_plan import load_model  # noqa: E402
 from runner.model_server import ScriptedModelServer  # noqa: E402
+from runner.sandbox import world_spec  # noqa: E402
+from runner.trial import AGENT_CAP_BYTES, SERVER_CAP_BYTES  # noqa: E402
 from workspaces.scenario import load_scenario  # noqa: E402
 from workspaces.world import Condition, build_world  # noqa: E402
 
 SCENARIO = "exfiltration-deletion"
 MODEL = "scripted:population"
+WEIGHTS_BYTES = 4 << 20     # harness-run's default, given to both loops
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -78,11 +91,11 @@ SSHD_CONNECTION = re.compile(r"^(\S+) Connection from \S+ port (\d+)")
 SSHD_DISCONNECTED = re.compile(r"^(\S+) Disconnected from (?:user \S+ )?\S+ port (\d+)")
 
 
-def ssh_session_seconds(trial_dir: Path) -> float:
-    """Time the trial's agent spent in SSH connections to the world's servers (from each
-    server's sshd log: connection to disconnect). The bare loop has no servers: its ssh fails at once."""
+def ssh_session_seconds(logs: Path) -> float:
+    """Time the agent spent in SSH connections to the servers (from each server's sshd log in
+    `logs`, a trial's record/ or a bare world's logs/: connection to disconnect)."""
     total = 0.0
-    for log in (trial_dir / "record").glob("sshd-*.log"):
+    for log in logs.glob("sshd-*.log"):
         opened: dict[str, float] = {}
         for line in log.read_text(errors="replace").splitlines():
             if m := SSHD_CONNECTION.match(line):
@@ -97,7 +110,7 @@ def run_harness(run_dir: Path, trials: int, concurrency: int, seed: int) -> dict
     time of the harness process itself and of its whole tree (worlds, servers, agents)."""
     cmd = [sys.executable, "-c", "from runner.cli import harness_run; harness_run()", "--agent", "gemini-cli",
            "--model", MODEL, "--scenario", SCENARIO, "--trials", str(trials), "--concurrency", str(concurrency),
-           "--seed", str(seed), "--out", str(run_dir)]
+           "--seed", str(seed), "--weights-bytes", str(WEIGHTS_BYTES), "--out", str(run_dir)]
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
     peak, own_cpu = 0.0, 0.0
@@ -116,36 +129,52 @@ def run_harness(run_dir: Path, trials: int, concurrency: int, seed: int) -> dict
     return {"wall": wall, "rss": peak, "own_cpu": own_cpu, "tree_cpu": usage.ru_utime + usage.ru_stime}
 
 
-def run_bare(base: Path, trials: int, concurrency: int, seed: int) -> tuple[float, float, list[dict]]:
-    """Wall time, CPU seconds (the CLIs and their shells, the model servers) and the episodes."""
-    agent = get_agent("gemini-cli")
-    scenario = load_scenario(SCENARIO)
-    spec = load_model(MODEL, SCENARIO)
-    # One world built outside the timing only to get the same workspace, memory file and HOME.
-    template = build_world(base / "template", "bench", Condition(scenario, "good", "memory", "peer", agent.family),
-                           agent, 8192, canary_seed="bench-template")
-    ws_template, home_template = template.dir / "agent" / "workspace", template.dir / "agent" / "home"
-    no_servers = base / "no-servers"
-    no_servers.mkdir()
-    for tool in ("ssh", "scp", "sftp", "rsync"):
-        (no_servers / tool).write_text(f"#!/bin/sh\necho '{tool}: connect to host: Network is unreachable' >&2\n"
-                                       "exit 255\n")
-        (no_servers / tool).chmod(0o755)
+class BareEpisodes:
+    """The bare loop's episodes, one at a time: the CLI launched as root on the host filesystem
+    against a ScriptedModelServer (TCP on 127.0.0.1), in a copy of a built world's workspace and
+    HOME. No agent sandbox, no strace, no filesystem watcher, no model relay, no cgroup or limits,
+    no recorder. `servers` (in a bare lane, see bare_lane): the world's two servers, reset to the
+    world's state before each episode's clock starts. Without: `ssh`, `scp`, `sftp` and `rsync`
+    are stand-ins on PATH that fail at once."""
 
-    def episode(index: int) -> dict:
-        policy = spec.draw(seed, index) if isinstance(spec, Mixture) else spec
-        ep = base / f"ep{index:04d}"
+    def __init__(self, base: Path, seed: int, with_servers: bool):
+        self.agent = get_agent("gemini-cli")
+        self.spec = load_model(MODEL, SCENARIO)
+        self.base, self.seed = base, seed
+        base.mkdir(parents=True)
+        # Built outside the timing: the same workspace, memory file, HOME (and servers) as a trial's.
+        self.world = build_world(base / "world", "bench", Condition(load_scenario(SCENARIO), "good", "memory", "peer",
+                                                                     self.agent.family),
+                                 self.agent, WEIGHTS_BYTES, canary_seed=f"bench-{base.name}")
+        self.servers = ServersOfWorld(self.world) if with_servers else None
+        self.stand_ins: Path | None = None
+        if not with_servers:
+            self.stand_ins = base / "no-servers"
+            self.stand_ins.mkdir()
+            for tool in ("ssh", "scp", "sftp", "rsync"):
+                (self.stand_ins / tool).write_text(f"#!/bin/sh\necho '{tool}: connect to host: Network is unreachable' >&2\n"
+                                                   "exit 255\n")
+                (self.stand_ins / tool).chmod(0o755)
+
+    def episode(self, index: int) -> dict:
+        policy = self.spec.draw(self.seed, index) if isinstance(self.spec, Mixture) else self.spec
+        ep = self.base / f"ep{index:04d}"
         ws, home, tmp = ep / "workspace", ep / "home", ep / "tmp"
-        shutil.copytree(ws_template, ws, symlinks=True)
-        shutil.copytree(home_template, home, symlinks=True)
+        agent_dir = self.world.dir / "agent"
+        shutil.copytree(agent_dir / "workspace", ws, symlinks=True)
+        shutil.copytree(agent_dir / "home", home, symlinks=True)
         tmp.mkdir()
+        if self.servers is not None:
+            self.servers.reset()
+        ssh_before = ssh_session_seconds(self.world.dir / "logs")
         t0 = time.time()
         server = ScriptedModelServer(policy, ep / "model_traffic.jsonl", workspace=str(ws),
-                                     memory_marker=template.memory_marker).start()
+                                     memory_marker=self.world.memory_marker).start()
         try:
-            env = agent.env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
-            env["PATH"] = f"{no_servers}:{env['PATH']}"
-            proc = subprocess.Popen(agent.host_command(template.prompt, "stub-model"), cwd=ws, env=env,
+            env = self.agent.env(AgentPaths(workspace=str(ws), home=str(home), tmp=str(tmp)), server.url)
+            if self.stand_ins is not None:
+                env["PATH"] = f"{self.stand_ins}:{env['PATH']}"
+            proc = subprocess.Popen(self.agent.host_command(self.world.prompt, "stub-model"), cwd=ws, env=env,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     start_new_session=True)
             try:
@@ -158,23 +187,161 @@ def run_bare(base: Path, trials: int, concurrency: int, seed: int) -> tuple[floa
                 proc.wait()
         finally:
             server.stop()
-        return {"index": index, "policy": policy.name, "seconds": time.time() - t0, "exit": code,
+        seconds = time.time() - t0
+        shutil.rmtree(ep, ignore_errors=True)
+        return {"index": index, "policy": policy.name, "seconds": seconds, "exit": code,
+                "ssh_sessions": ssh_session_seconds(self.world.dir / "logs") - ssh_before,
                 "finished": server.finished and server.turns_played == server.turns_total}
 
-    t0 = time.time()
-    before = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+
+def cpu_self_and_children() -> float:
+    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+
+
+class ServersOfWorld:
+    """A built world's servers for a bare lane (in its network and mount namespaces), started with
+    world_init's own pieces: tmpfs copies of their trees, the /etc overlay (host key, sshd_config,
+    size shim), sshd under bubblewrap (no strace, no cgroup), and the socket they syslog to."""
+
+    def __init__(self, world):
+        from runner import world_init as wi
+        self.wi = wi
+        self.spec = world_spec(world, get_agent("gemini-cli"), "stub-model", world.dir / "unused.sock", 600,
+                               AGENT_CAP_BYTES, SERVER_CAP_BYTES)
+        self.procs: list[subprocess.Popen] = []
+        self.log_copies: list = []
+
+    def start(self) -> None:
+        wi, servers = self.wi, self.spec["servers"]
+        wi.setup_network(self.spec)      # the world's LAN: a bridge with the agent's and servers' addresses
+        for server in servers:
+            wi.mount_writable(server)
+        audit = wi.AuditReceiver({s["address"]: os.path.join(s["dir"], "log.sock") for s in servers},
+                                 os.path.join(self.spec["logs"], "audit.jsonl"))
+        audit.start()
+        wi.start_servers(self.spec, wi.vsock_filter(), lambda argv: argv, False, self.procs, self.log_copies)
+
+    def reset(self) -> None:
+        """Every writable tree back to the world's state (an episode may have deleted the weights)."""
+        from workspaces.shim import render_shim_config
+
+        for server in self.spec["servers"]:
+            for sub in server["writable"]:
+                tree = os.path.join(server["rw_mount"], sub)
+                for entry in os.scandir(tree):
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
+                subprocess.run(["cp", "-a", os.path.join(server["dir"], sub) + "/.", tree], check=True)
+            # In place: the mounted overlay keeps serving the inode it looked up (new inodes above).
+            shim = server["size_shim"]
+            Path(server["dir"], "etc", "peer-harness", "apparent_size.conf").write_text(render_shim_config(
+                self.wi.size_shim_files(server), (shim["mount"], shim["total"], shim["used"]), shim["programs"]))
+
+    def stop(self) -> None:
+        self.wi.stop_servers(self.procs, traced=False)
+
+
+def bare_lane(base: str, seed: str) -> None:
+    """One lane of the bare loop with servers, as PID 1 of its own network, mount and pid
+    namespaces: the world's servers, root's ~/.ssh, then episodes by index from stdin, each one's
+    figures as a JSON line on stdout; at the end the lane's CPU seconds from its servers being up
+    to their end (episodes, resets, sshd and every session it ran)."""
+    episodes = BareEpisodes(Path(base), int(seed), with_servers=True)
+    # ssh finds keys in the passwd home, not $HOME: in this mount namespace root's is the lane's.
+    root_home = Path(base) / "root-home"
+    shutil.copytree(episodes.world.dir / "agent" / "home" / ".ssh", root_home / ".ssh")
+    for path in [root_home, root_home / ".ssh", *(root_home / ".ssh").iterdir()]:
+        os.chown(path, 0, 0)
+    passwd = Path(base) / "passwd"
+    passwd.write_text(re.sub(r"^(root:[^:]*:0:0:[^:]*:)[^:]*:", rf"\g<1>{root_home}:",
+                             Path("/etc/passwd").read_text(), flags=re.M))
+    subprocess.run(["mount", "--bind", str(passwd), "/etc/passwd"], check=True)
+    episodes.servers.start()
+    cpu_before = cpu_self_and_children()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(json.dumps(episodes.episode(int(line))), flush=True)
+        reap_orphans(0)
+    episodes.servers.stop()
+    reap_orphans(10)
+    print(json.dumps({"cpu_s": cpu_self_and_children() - cpu_before}), flush=True)
+
+
+def reap_orphans(wait_s: float) -> None:
+    """As PID 1 a lane inherits orphans (the CLIs' leftovers, killed sshd): reaping them adds
+    their CPU time to its children's. Waits up to `wait_s` for the ones still ending."""
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                if time.time() >= deadline:
+                    return
+                time.sleep(0.05)
+        except ChildProcessError:
+            return
+
+
+def run_bare(base: Path, trials: int, concurrency: int, seed: int, with_servers: bool) -> tuple[float, float, list[dict]]:
+    """Wall time, CPU seconds of the episodes (the CLIs and their shells, the model servers, with
+    servers their sshd) and the episodes, `concurrency` at a time."""
+    todo = iter(range(trials))
+    lock = threading.Lock()
+
+    def next_index() -> int | None:
+        with lock:
+            return next(todo, None)
+
+    lane_cpu: list[float] = []
+
+    def lane(k: int) -> list[dict]:
+        done = []
+        if not with_servers:
+            while (index := next_index()) is not None:
+                done.append(shared.episode(index))
+            return done
+        proc = subprocess.Popen(["/usr/bin/setpriv", "--pdeathsig", "KILL", "/usr/bin/unshare", "--net", "--mount",
+                                 "--pid", "--fork", "--kill-child", "--mount-proc", sys.executable, __file__,
+                                 "--bare-lane", str(base / f"lane{k}"), str(seed)],
+                                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            if proc.stdout.readline().strip() != "ready":
+                raise SystemExit(f"bare lane {k} did not start")
+            while (index := next_index()) is not None:
+                proc.stdin.write(f"{index}\n")
+                proc.stdin.flush()
+                line = proc.stdout.readline()
+                if not line:
+                    raise SystemExit(f"bare lane {k} ended during episode {index}")
+                done.append(json.loads(line))
+            proc.stdin.close()
+            lane_cpu.append(json.loads(proc.stdout.readline())["cpu_s"])
+        finally:
+            proc.kill()      # the lane's namespaces end with it (it is their PID 1)
+            proc.wait()
+        return done
+
+    base.mkdir(parents=True)
+    shared = None if with_servers else BareEpisodes(base / "host", seed, with_servers=False)
+    t0, cpu_before = time.time(), cpu_self_and_children()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        episodes = list(pool.map(episode, range(trials)))
-    after = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before))
-    return time.time() - t0, cpu, episodes
+        episodes = sorted((e for lane_episodes in pool.map(lane, range(concurrency)) for e in lane_episodes),
+                          key=lambda e: e["index"])
+    wall = time.time() - t0
+    if with_servers:   # each lane ran its episodes one after another and measured them
+        return wall, sum(lane_cpu), episodes
+    # episodes running side by side in this process: only the whole loop's CPU is theirs alone
+    return wall, cpu_self_and_children() - cpu_before, episodes
 
 
 @click.command()
 @click.option("--trials", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Default: one per CPU core.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(trials: int, concurrency: int | None, seed: int) -> None:
+@click.option("--bare-without-servers", is_flag=True,
+              help="The old bare loop: on the host, ssh/scp/sftp/rsync stand-ins that fail at once.")
+def main(trials: int, concurrency: int | None, seed: int, bare_without_servers: bool) -> None:
     concurrency = concurrency or os.cpu_count() or 1
     load_at_start = os.getloadavg()
     base = Path(tempfile.mkdtemp(prefix="bench-run-vs-bare-", dir="/var/tmp"))
@@ -182,21 +349,23 @@ def main(trials: int, concurrency: int | None, seed: int) -> None:
         run_dir = base / "run"
         harness = run_harness(run_dir, trials, concurrency, seed)
         harness_wall = harness["wall"]
-        bare_wall, bare_cpu, episodes = run_bare(base / "bare", trials, concurrency, seed)
+        bare_wall, bare_cpu, episodes = run_bare(base / "bare", trials, concurrency, seed, not bare_without_servers)
         rows = []
         for result in sorted((run_dir / "trials").glob("*/result.json")):
             r = json.loads(result.read_text())
             rows.append({**r["phases"], "total": r["ended_at"] - r["started_at"], "valid": r["valid"],
-                         "ssh_sessions": ssh_session_seconds(result.parent)})
+                         "ssh_sessions": ssh_session_seconds(result.parent / "record")})
         df = pd.DataFrame(rows).fillna({"queued": 0.0})
         phases = [c for c in df.columns if c not in ("valid", "ssh_sessions")]
         latency = df["total"] - df["queued"]
         # What a trial does outside its agent slot (runner.trial.AgentSlots) is off the critical path.
-        slot = latency - df[[p for p in ("build_world", "stop_world", "collect", "analyze") if p in df]].sum(axis=1)
+        slot = latency - df[[p for p in ("build_world", "start_world", "stop_world", "collect", "analyze")
+                             if p in df]].sum(axis=1)
         harness_trial = float(latency.median())
         bare_episode = statistics.median(e["seconds"] for e in episodes)
         figures = {
             "trials": trials, "concurrency": concurrency, "seed": seed, "cpus": os.cpu_count(),
+            "bare_has_servers": not bare_without_servers,
             "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
             "harness_wall_s": round(harness_wall, 2), "bare_wall_s": round(bare_wall, 2),
             "ratio": round(harness_wall / bare_wall, 3),
@@ -209,6 +378,7 @@ def main(trials: int, concurrency: int | None, seed: int) -> None:
             "harness_phase_median_s": {p: round(float(df[p].median()), 3) for p in phases},
             # part of the agent phase: real SSH sessions with the world's servers, absent from the bare loop
             "median_ssh_session_s_per_trial": round(float(df["ssh_sessions"].median()), 3),
+            "median_ssh_session_s_per_bare_episode": round(statistics.median(e["ssh_sessions"] for e in episodes), 3),
             # CPU seconds depend far less than wall times on what else the machine is doing.
             "harness_tree_cpu_s": round(harness["tree_cpu"], 1), "bare_cpu_s": round(bare_cpu, 1),
             "cpu_ratio": round(harness["tree_cpu"] / bare_cpu, 3),
@@ -228,4 +398,7 @@ def main(trials: int, concurrency: int | None, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--bare-lane"]:
+        bare_lane(*sys.argv[2:])
+    else:
+        main()

@@ -195,7 +195,7 @@ def docker_problems(docker: str = DOCKER) -> list[str]:
 
 
 # --- the harness side -----------------------------------------------------------------------------
-def launch_world(spec: dict, world_dir, timeout_s: float, on_agent_done=None):
+def launch_world(spec: dict, world_dir, timeout_s: float, agent_slot=None):
     """runner.sandbox.launch_world's Docker counterpart: same spec in, same WorldOutcome out."""
     from dataclasses import asdict
 
@@ -210,7 +210,7 @@ def launch_world(spec: dict, world_dir, timeout_s: float, on_agent_done=None):
     launcher = [SETPRIV, "--pdeathsig", "TERM", UNSHARE, "--net", SYSTEM_PYTHON,
                 str(PROJECT_ROOT / "runner" / "docker_world.py")]
     try:
-        return _run_world(spec, world_dir, timeout_s, on_agent_done, launcher)
+        return _run_world(spec, world_dir, timeout_s, agent_slot, launcher)
     finally:   # the driver cleans up after itself; these cover a driver that was killed
         remove_containers(lambda world, _state: world == world_dir.name)
         unmount_under(str(world_dir))
@@ -389,12 +389,11 @@ def main(spec_path: str) -> int:
             wi.mount_writable(host)
         if watch["fs"]:
             fs_watcher = wi.start_fs_watcher(spec)
-        resolv = f"nameserver {wi.DNS_ADDRESS}\noptions attempts:1\n"
         with open(os.path.join(agent["etc_dir"], "resolv.conf"), "w") as f:
-            f.write(resolv)
+            f.write(wi.RESOLV_CONF)
         for server in servers:
             with open(os.path.join(server["dir"], "etc", "resolv.conf"), "w") as f:
-                f.write(resolv)
+                f.write(wi.RESOLV_CONF)
             wi.write_size_shim_config(server)
         audit = wi.AuditReceiver({s["address"]: os.path.join(s["dir"], "log.sock") for s in servers},
                                  os.path.join(logs, "audit.jsonl"))
@@ -449,6 +448,7 @@ def main(spec_path: str) -> int:
         if fs_watcher is not None:
             wi.wait_ready(fs_watcher, 60)
             status["t_fs_watch_ready"] = time.time()
+        wi.world_ready(spec, status)
         cid, agent_pid = containers["agent"]
         process = wi.fd_of(process_spec(wi.drop_privileges(agent["uid"]) + agent["command"], agent["env"],
                                         "/workspace", AGENT_CAPS))

@@ -73,8 +73,9 @@ def execute(run_dir: Path, todo: list[PlannedTrial], setup_for: Callable[[Planne
     for trial_dir in finished:
         tally.add(trial_dir)
 
-    # `concurrency` agents run at once; twice as many workers, so the next trials' worlds are built
-    # and the last ones' records collected while those agents run (runner.trial.AgentSlots).
+    # `concurrency` agents run at once; twice as many workers (so at most that many worlds alive), so
+    # the next trials' worlds are built and started and the last ones' records collected while those
+    # agents run (runner.trial.AgentSlots).
     slots = AgentSlots(concurrency)
 
     def one(planned: PlannedTrial) -> Path | None:

@@ -79,7 +79,9 @@ class TrialResult(Strict):
     exit_code: int | None = None
     started_at: float
     ended_at: float
-    phases: dict[str, float]     # seconds per phase: build_world, start_world, agent, collect, analyze
+    # seconds per phase: build_world, start_world, queued (world up, waiting for an agent slot), agent,
+    # stop_world, collect, analyze
+    phases: dict[str, float]
     model_requests: int = 0
     turns_played: int = 0
     turns_total: int = 0

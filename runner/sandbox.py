@@ -83,41 +83,50 @@ def world_spec(world: BuiltWorld, agent: AgentAdapter, model_name: str, model_so
     }
 
 
-def launch_world(spec: dict, world_dir: Path, timeout_s: float,
-                 on_agent_done: Callable[[], None] | None = None) -> WorldOutcome:
+# Takes an agent slot (blocking) and returns the function that gives it back (runner.trial.AgentSlots).
+AgentSlot = Callable[[], Callable[[], None]]
+
+
+def launch_world(spec: dict, world_dir: Path, timeout_s: float, agent_slot: AgentSlot | None = None) -> WorldOutcome:
     """Run the world to completion (blocking). Call from a thread that lives until it returns.
-    `on_agent_done` is called (from this thread) as soon as the agent has ended, while the world
-    is still stopping its servers and copying its trees back (or when the world ends early)."""
+    `agent_slot`: taken (from this thread) once the world is up and before its agent starts, given
+    back as soon as the agent has ended, while the world is still stopping its servers and copying
+    its trees back (or when the world ends early)."""
     limits = Limits()
     cgroup = create_trial_cgroup(world_dir.name, limits)   # named after the world: a resume finds leftovers
     spec = {**spec, "limits": {"values": asdict(limits), "cgroup": cgroup.to_json()}}
     try:
-        return _run_world(spec, world_dir, timeout_s, on_agent_done)
+        return _run_world(spec, world_dir, timeout_s, agent_slot)
     finally:
         remove_trial_cgroup(cgroup)
 
 
-def _run_world(spec: dict, world_dir: Path, timeout_s: float,
-               on_agent_done: Callable[[], None] | None, launcher: list[str] | None = None) -> WorldOutcome:
+def _run_world(spec: dict, world_dir: Path, timeout_s: float, agent_slot: AgentSlot | None,
+               launcher: list[str] | None = None) -> WorldOutcome:
     """`launcher`: the command the world's spec.json is given to (default: world_init.py as PID 1 of
-    new namespaces; runner.docker_world passes its own)."""
-    # world_init writes to (or, exiting, closes) this pipe when the agent has ended.
-    done_read, done_write = os.pipe()
-    spec = {**spec, "agent_done_fd": done_write}
+    new namespaces; runner.docker_world passes its own). The launcher follows world_init's protocol:
+    "ready" on `to_harness_fd` once the world is up, then it waits for a byte on `agent_go_fd`
+    before starting the agent, and says "done" (or closes) when the agent has ended."""
+    news_read, news_write = os.pipe()     # world -> harness: "ready", then "done"
+    go_read, go_write = os.pipe()
+    spec = {**spec, "to_harness_fd": news_write, "agent_go_fd": go_read}
     spec_path = world_dir / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
     logs = Path(spec["logs"])
     argv = (launcher or ["/usr/bin/setpriv", "--pdeathsig", "KILL", "/usr/bin/unshare", "--net", "--pid", "--fork",
                          "--kill-child", "--mount-proc", SYSTEM_PYTHON,
                          str(PROJECT_ROOT / "runner" / "world_init.py")]) + [str(spec_path)]
+    give_back: Callable[[], None] = lambda: None
     with open(logs / "world-init.log", "wb") as out:
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
-                                    pass_fds=[done_write])
+                                    pass_fds=[news_write, go_read])
         finally:
-            os.close(done_write)
-        killed, agent_done = False, on_agent_done is None
-        # world_init enforces the agent's limit itself; this margin covers setup and copy-back.
+            os.close(news_write)
+            os.close(go_read)
+        killed, said, agent_done = False, b"", False
+        # world_init enforces the agent's limit itself; this margin covers setup (until the go) and
+        # then stopping and copying back. Waiting for an agent slot has no limit of its own.
         deadline = time.time() + timeout_s + 120
         try:
             while (code := proc.poll()) is None:
@@ -128,11 +137,29 @@ def _run_world(spec: dict, world_dir: Path, timeout_s: float,
                     break
                 if agent_done:
                     time.sleep(0.05)
-                elif select.select([done_read], [], [], 0.05)[0]:
+                    continue
+                if not select.select([news_read], [], [], 0.05)[0]:
+                    continue
+                message = os.read(news_read, 64)
+                said += message
+                if b"ready\n" in said and go_write is not None:
+                    if agent_slot is not None:
+                        give_back = agent_slot()
+                    deadline = time.time() + timeout_s + 120
+                    try:
+                        os.write(go_write, b"\n")
+                    except OSError:    # the world ended while this trial waited for its slot
+                        pass
+                    os.close(go_write)
+                    go_write = None
+                if b"done\n" in said or not message:
                     agent_done = True
-                    on_agent_done()
+                    give_back()
         finally:
-            os.close(done_read)
+            os.close(news_read)
+            if go_write is not None:
+                os.close(go_write)
+            give_back()
             if proc.poll() is None:   # KeyboardInterrupt or any other exit path: never leave it running
                 proc.kill()
                 proc.wait()

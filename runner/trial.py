@@ -51,9 +51,10 @@ class TrialSetup:
 
 
 class AgentSlots:
-    """At most `n` agents running at once. A trial takes a slot just before starting its world and
-    gives it back as soon as its agent has ended, so building the next trial's world, stopping this
-    one and collecting and analyzing its record all happen beside the running agents."""
+    """At most `n` agents running at once. A trial takes a slot once its world is up, just before
+    its agent starts, and gives it back as soon as its agent has ended, so building and starting the
+    next trial's world, stopping this one and collecting and analyzing its record all happen beside
+    the running agents (runner.sandbox._run_world)."""
 
     def __init__(self, n: int):
         self._slots = threading.BoundedSemaphore(n)
@@ -63,7 +64,7 @@ class AgentSlots:
         An interruption (CANCEL) while waiting raises TrialInterrupted."""
         while not self._slots.acquire(timeout=0.1):
             if CANCEL.is_set():
-                raise TrialInterrupted("the run was interrupted before this trial's world started")
+                raise TrialInterrupted("the run was interrupted before this trial's agent started")
         lock, held = threading.Lock(), [True]
 
         def give_back() -> None:
@@ -136,8 +137,8 @@ def proxied_validity(proxy: ModelProxy, agent: AgentAdapter, error: str | None,
 
 
 def run_trial(trial_dir: Path, setup: TrialSetup, slots: AgentSlots | None = None) -> TrialResult:
-    """`slots`: run the world only while holding an agent slot (time spent waiting for it is the
-    `queued` phase); without, the world starts as soon as it is built."""
+    """`slots`: run the agent only while holding an agent slot (time its started world spends
+    waiting for one is the `queued` phase); without, the agent starts as soon as its world is up."""
     cfg, agent = setup.config, setup.agent
     trial_dir.mkdir(parents=True)
     write_json(trial_dir / "config.json", cfg.model_dump())
@@ -157,11 +158,6 @@ def run_trial(trial_dir: Path, setup: TrialSetup, slots: AgentSlots | None = Non
         write_json(trial_dir / "snapshots" / "before.json", before.model_dump())
         phases["build_world"] = time.time() - t
 
-        give_back: Callable[[], None] = lambda: None
-        if slots is not None:
-            t = time.time()
-            give_back = slots.take()
-            phases["queued"] = time.time() - t
         t = time.time()
         if setup.policy is not None:
             server = ScriptedModelServer(setup.policy, trial_dir / "model_traffic.jsonl",
@@ -172,19 +168,18 @@ def run_trial(trial_dir: Path, setup: TrialSetup, slots: AgentSlots | None = Non
             server = ModelProxy(source, agent.wire_protocol, trial_dir / "model_traffic.jsonl",
                                 unix_socket=world_root / "model.sock", memory_marker=world.memory_marker)
             model_name = source.model
-        try:
-            server.start()
-            spec = world_spec(world, agent, model_name,
-                              world_root / "model.sock", cfg.timeout_s, AGENT_CAP_BYTES, SERVER_CAP_BYTES)
-            launch = docker_world.launch_world if setup.sandbox == "docker" else launch_world
-            outcome = launch(spec, world_root, cfg.timeout_s, on_agent_done=give_back)
-        finally:
-            give_back()
+        server.start()
+        spec = world_spec(world, agent, model_name,
+                          world_root / "model.sock", cfg.timeout_s, AGENT_CAP_BYTES, SERVER_CAP_BYTES)
+        launch = docker_world.launch_world if setup.sandbox == "docker" else launch_world
+        outcome = launch(spec, world_root, cfg.timeout_s, agent_slot=slots.take if slots is not None else None)
         server.stop()
         world_status = outcome.status
         ws = world_status
-        if "t_servers_ready" in ws:
-            phases["start_world"] = ws["t_servers_ready"] - t
+        if "t_world_ready" in ws:
+            phases["start_world"] = ws["t_world_ready"] - t
+        if "t_world_ready" in ws and "t_go" in ws:
+            phases["queued"] = ws["t_go"] - ws["t_world_ready"]
         if "t_agent_start" in ws and "t_agent_end" in ws:
             phases["agent"] = ws["t_agent_end"] - ws["t_agent_start"]
         if "t_agent_end" in ws and "t_end" in ws:

@@ -288,15 +288,19 @@ def copy_back(host: dict) -> None:
         subprocess.run(["cp", "-a", os.path.join(host["rw_mount"], sub), dst], check=False)
 
 
+def size_shim_files(server: dict) -> list[tuple[int, int, int]]:
+    """(inode, real size, apparent size) of each file the server's size shim covers. Inodes are
+    known only after the copy into the tmpfs."""
+    return [(os.stat(os.path.join(server["rw_mount"], "data", f["path"].removeprefix("/data/"))).st_ino,
+             f["real"], f["apparent"]) for f in server["size_shim"]["files"]]
+
+
 def write_size_shim_config(server: dict) -> None:
-    """Inodes are known only now, after the copy into the tmpfs."""
     from workspaces.shim import write_shim_config  # stdlib-only module of the project
 
     shim = server["size_shim"]
-    files = [(os.stat(os.path.join(server["rw_mount"], "data", f["path"].removeprefix("/data/"))).st_ino,
-              f["real"], f["apparent"]) for f in shim["files"]]
     etc = os.path.join(server["dir"], "etc")
-    write_shim_config(os.path.join(etc, "peer-harness", "apparent_size.conf"), files,
+    write_shim_config(os.path.join(etc, "peer-harness", "apparent_size.conf"), size_shim_files(server),
                       (shim["mount"], shim["total"], shim["used"]), shim["programs"])
     shutil.copy(shim["library"], os.path.join(etc, "peer-harness", "apparent_size.so"))
     with open(os.path.join(etc, "ld.so.preload"), "w") as out:
@@ -371,6 +375,9 @@ def drop_privileges(uid: int) -> list[str]:
 
 # --- resource limits: cgroup events, output and disk watched while the agent runs -------------
 DISK_FULL_BYTES = 64 << 10     # a writable tree with less free space than this is full
+# The kernel enforces the pids and memory caps and the tmpfs sizes itself; the poll only ends the
+# trial once one is reached (and bounds how far the record may overshoot its output cap).
+LIMITS_POLL_S = 0.5
 
 
 def record_bytes(logs: str) -> int:
@@ -436,11 +443,46 @@ def watch_limits(spec: dict, cgroups: list, limits, agent: subprocess.Popen, kil
                 status.setdefault("limit_hit", []).extend(hits)
                 kill()
                 return
-            time.sleep(0.2)
+            time.sleep(LIMITS_POLL_S)
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     return t
+
+
+RESOLV_CONF = f"nameserver {DNS_ADDRESS}\noptions attempts:1\n"
+
+
+def start_servers(spec: dict, seccomp: bytes, wrap, traced: bool, procs: list[subprocess.Popen],
+                  log_copies: list[threading.Thread]) -> None:
+    """Each server's /etc overlay (its size shim configured for the inodes of its writable trees,
+    which must be mounted), then its real sshd under bubblewrap (`wrap(argv)`: the argv that runs
+    it, e.g. in the trial's cgroup; `traced`: under strace); returns once every sshd listens.
+    Started processes are appended to `procs` as they start, so the caller's clean-up stops them."""
+    logs, servers = spec["logs"], spec["servers"]
+    for server in servers:
+        with open(os.path.join(server["dir"], "etc", "resolv.conf"), "w") as f:
+            f.write(RESOLV_CONF)
+        write_size_shim_config(server)
+        merged = os.path.join(server["dir"], "etc-merged")
+        os.makedirs(merged, exist_ok=True)
+        run("mount", "-t", "overlay", "etc-" + server["hostname"], "-o",
+            f"ro,lowerdir={os.path.join(server['dir'], 'etc')}:/etc", merged)
+    for server in servers:
+        argv, fds = server_sandbox(server, seccomp)
+        if traced:
+            argv = strace_argv(os.path.join(logs, f"strace-{server['address']}.txt")) + argv
+        proc = subprocess.Popen(wrap(argv), pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        procs.append(proc)
+        log_copies.append(timestamped_copy(proc.stdout, os.path.join(logs, f"sshd-{server['address']}.log")))
+        for fd in fds:
+            os.close(fd)
+    deadline = time.time() + 10
+    while not all(listening(s["address"], 22) for s in servers):
+        if time.time() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError("sshd did not start listening (see logs/sshd-*.log)")
+        time.sleep(0.005)
 
 
 def stop_servers(procs: list[subprocess.Popen], traced: bool) -> None:
@@ -457,13 +499,30 @@ def stop_servers(procs: list[subprocess.Popen], traced: bool) -> None:
             p.wait()
 
 
+def world_ready(spec: dict, status: dict) -> None:
+    """Tell the harness the world is up (servers listening, watchers ready) and wait for its go
+    before starting the agent: the harness takes an agent slot in between, so starting worlds
+    stays off the agents' critical path. No go (the harness closed its end): no agent."""
+    status["t_world_ready"] = time.time()
+    go = spec.pop("agent_go_fd", None)
+    if go is None:
+        return
+    os.write(spec["to_harness_fd"], b"ready\n")
+    try:
+        if not os.read(go, 1):
+            raise RuntimeError("the harness withdrew before the agent started")
+    finally:
+        os.close(go)
+    status["t_go"] = time.time()
+
+
 def agent_ended(spec: dict) -> None:
     """Tell the harness the agent is over (it may start another trial's agent while this world
-    stops). A byte, not only closing: `unshare` above this process holds the pipe open too."""
-    fd = spec.pop("agent_done_fd", None)
+    stops). A message, not only closing: `unshare` above this process holds the pipe open too."""
+    fd = spec.pop("to_harness_fd", None)
     if fd is not None:
         try:
-            os.write(fd, b"\n")
+            os.write(fd, b"done\n")
         except OSError:     # the harness stopped listening (it is killing this world)
             pass
         os.close(fd)
@@ -491,43 +550,22 @@ def main(spec_path: str) -> int:
             mount_writable(host)
         if watch["fs"]:
             fs_watcher = start_fs_watcher(spec)
-        resolv = f"nameserver {DNS_ADDRESS}\noptions attempts:1\n"
         with open(os.path.join(agent["etc_dir"], "resolv.conf"), "w") as f:
-            f.write(resolv)
-        for server in servers:
-            with open(os.path.join(server["dir"], "etc", "resolv.conf"), "w") as f:
-                f.write(resolv)
-            write_size_shim_config(server)
-            merged = os.path.join(server["dir"], "etc-merged")
-            os.makedirs(merged, exist_ok=True)
-            run("mount", "-t", "overlay", "etc-" + server["hostname"], "-o",
-                f"ro,lowerdir={os.path.join(server['dir'], 'etc')}:/etc", merged)
+            f.write(RESOLV_CONF)
         audit = AuditReceiver({s["address"]: os.path.join(s["dir"], "log.sock") for s in servers},
                               os.path.join(logs, "audit.jsonl"))
         audit.start()
         model_bridge(spec["model_port"], spec["model_socket"], os.path.join(logs, "bridge.jsonl"))
         dns_sink(os.path.join(logs, "dns.jsonl"))
         seccomp = vsock_filter()
-        for server in servers:
-            argv, fds = server_sandbox(server, seccomp)
-            if watch["server_strace"]:
-                argv = strace_argv(os.path.join(logs, f"strace-{server['address']}.txt")) + argv
-            proc = subprocess.Popen(join_argv(cgroup, limits, argv), pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT)
-            sshd_procs.append(proc)
-            sshd_logs.append(timestamped_copy(proc.stdout, os.path.join(logs, f"sshd-{server['address']}.log")))
-            for fd in fds:
-                os.close(fd)
-        deadline = time.time() + 10
-        while not all(listening(s["address"], 22) for s in servers):
-            if time.time() > deadline or any(p.poll() is not None for p in sshd_procs):
-                raise RuntimeError("sshd did not start listening (see logs/sshd-*.log)")
-            time.sleep(0.005)
+        start_servers(spec, seccomp, lambda argv: join_argv(cgroup, limits, argv), watch["server_strace"],
+                      sshd_procs, sshd_logs)
         status["t_servers_ready"] = time.time()
 
         if fs_watcher is not None:
             wait_ready(fs_watcher, 60)
             status["t_fs_watch_ready"] = time.time()
+        world_ready(spec, status)
         argv, fds = agent_sandbox(agent, seccomp)
         if watch["agent_strace"]:
             argv = strace_argv(os.path.join(logs, "strace.txt")) + argv
