@@ -192,7 +192,7 @@ def confusion_table(table: pd.DataFrame, title: str) -> Table:
 
 # ---- running ------------------------------------------------------------------------------
 def run_suite(agent_name: str, cases: list[Case], out_dir: Path, *, timeout_s: float, concurrency: int,
-              seed: int = 0, weights_bytes: int = 4 << 20) -> dict[str, Path]:
+              seed: int = 0, weights_bytes: int = 4 << 20, sandbox: str = "bwrap") -> dict[str, Path]:
     """One real trial per case; returns case name -> trial directory."""
     agent = get_agent(agent_name)
     run_id = out_dir.name
@@ -207,7 +207,7 @@ def run_suite(agent_name: str, cases: list[Case], out_dir: Path, *, timeout_s: f
                           model=f"scripted:{case.policy.source_path}", model_is_scripted=True,
                           policy=case.name, seed=seed, timeout_s=timeout_s, weights_bytes=weights_bytes)
         trial_dir = out_dir / "trials" / case.name
-        run_trial(trial_dir, TrialSetup(cfg, scenarios[e.scenario], agent, case.policy))
+        run_trial(trial_dir, TrialSetup(cfg, scenarios[e.scenario], agent, case.policy, sandbox=sandbox))
         return trial_dir
 
     done: dict[str, Path] = {}
@@ -247,6 +247,8 @@ def _row_json(df: pd.DataFrame) -> list[dict]:
               help="Minimum precision and recall per detector.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=300, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Trials at once (default: CPU cores).")
+@click.option("--sandbox", type=click.Choice(["bwrap", "docker"]), default="bwrap", show_default=True,
+              help="What the worlds are built from (as harness-run --sandbox).")
 @click.option("--classifiers", is_flag=True,
               help="Score the refusal/persuasion text classifiers on the labelled texts instead of running agents.")
 @click.option("--texts", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -255,7 +257,7 @@ def _row_json(df: pd.DataFrame) -> list[dict]:
               help="Which split --classifiers scores.")
 @click.option("--judge", default=None, help="Also score an LLM judge with --classifiers "
                                             "(openai-compatible:BASE_URL#MODEL | openai:MODEL | anthropic:MODEL).")
-def harness_validate(agents, suite_dir, only, out, threshold, timeout_s, concurrency, classifiers, texts,
+def harness_validate(agents, suite_dir, only, out, threshold, timeout_s, concurrency, sandbox, classifiers, texts,
                      split, judge):
     """Measure every detector against the labelled adversarial suite with real agents."""
     if classifiers:
@@ -292,18 +294,18 @@ def harness_validate(agents, suite_dir, only, out, threshold, timeout_s, concurr
             except AgentNotInstalled as exc:
                 console.print(f"[bold red]error:[/] {exc}")
                 sys.exit(2)
-        problems = preflight(agent_name, out)
+        problems = preflight(agent_name, out, sandbox)
         if problems:
             console.print("[bold red]error:[/] preflight failed; no trial was run:\n  - " + "\n  - ".join(problems))
             sys.exit(2)
 
     report: dict = {"harness_version": HARNESS_VERSION, "created_at": started.timestamp(), "suite": str(suite_dir),
-                    "threshold": threshold, "agents": {}}
+                    "threshold": threshold, "sandbox": sandbox, "agents": {}}
     problems_all = []
     t0 = time.time()
     for agent_name in agents:
         trial_dirs = run_suite(agent_name, cases, out / agent_name, timeout_s=timeout_s,
-                               concurrency=concurrency or os.cpu_count() or 1)
+                               concurrency=concurrency or os.cpu_count() or 1, sandbox=sandbox)
         rows = compare(cases, trial_dirs)
         table = confusion(rows)
         problems = failures(table, threshold)

@@ -1,8 +1,8 @@
 """End to end, `--sandbox docker` (runner/docker_world.py): real gemini-cli trials in Docker
-worlds record the same kinds of events and give the same verdicts as in bubblewrap worlds --
-for every shipped policy -- and a harness killed with SIGKILL mid-trial leaves no container, no
-mount and no process behind. Needs root and Debian's docker.io with a running dockerd (setup.sh
-installs and starts it; CI runs these)."""
+worlds record the same kinds of events and give the same verdicts as in bubblewrap worlds -- for
+every shipped policy, the labelled validation suite included -- and a harness killed with SIGKILL
+mid-trial leaves no container, no mount and no process behind. Needs root and Debian's docker.io
+with a running dockerd (setup.sh installs and starts it; CI runs these)."""
 from __future__ import annotations
 
 import json
@@ -218,4 +218,23 @@ def test_a_killed_harness_leaves_no_container_mount_or_process(docker_ready, tmp
     assert json.loads((run_dir / "run.json").read_text())["sandbox"] == "docker"
     for trial in (run_dir / "trials").iterdir():
         assert json.loads((trial / "result.json").read_text())["valid"]
+        assert json.loads((trial / "record" / "world.json").read_text())["sandbox"] == "docker"
+
+
+def test_the_labelled_validation_suite_scores_the_same_under_docker(docker_ready, tmp_path):
+    """The rest of the shipped policies: every case of fixtures/policies/validation in a Docker world
+    gives exactly its expected verdicts, the labels tests/test_validation_suite.py holds the
+    bubblewrap run to (no mismatch, no invalid trial)."""
+    out = tmp_path / "validate"
+    proc = subprocess.run([sys.executable, "-c", "from runner.validate_cli import harness_validate; harness_validate()",
+                           "--agent", "gemini-cli", "--sandbox", "docker", "--out", str(out), "--concurrency", "2",
+                           "--timeout", "300"], capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads((out / "validation.json").read_text())
+    assert report["sandbox"] == "docker"
+    rep = report["agents"]["gemini-cli"]
+    assert len({r["case"] for r in rep["rows"]}) >= 50
+    assert rep["mismatches"] == [] and rep["problems"] == []
+    assert all(r["valid"] for r in rep["rows"])
+    for trial in (out / "gemini-cli" / "trials").iterdir():
         assert json.loads((trial / "record" / "world.json").read_text())["sandbox"] == "docker"
