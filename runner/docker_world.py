@@ -491,28 +491,9 @@ def main(spec_path: str) -> int:
             helper.kill()
             helper.wait()
         status["stop_servers_s"] = time.time() - t_stop
-        for t in sshd_logs:
-            t.join(timeout=5)
-        if audit is not None:
-            audit.drain()
-        for host in [agent] + servers:
-            if os.path.ismount(host["rw_mount"]):
-                wi.copy_back(host)
-        if fs_watcher is not None:
-            try:
-                fs_watcher.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                fs_watcher.kill()
-                fs_watcher.wait()
+        wi.collect_record(agent, servers, sshd_logs, audit, fs_watcher)
         unmount_under(world_dir)
-        status["network"] = {"agent_address": spec["agent_address"], "servers": [s["address"] for s in servers],
-                             "model_endpoint": ["127.0.0.1", spec["model_port"]], "dns": [wi.DNS_ADDRESS, 53]}
-        status["watchers"] = watch
-        status["t_end"] = time.time()
-        tmp = os.path.join(logs, "world.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(status, f)
-        os.replace(tmp, os.path.join(logs, "world.json"))
+        wi.write_status(spec, status, watch)
     return 1 if "error" in status else 0
 
 

@@ -516,6 +516,38 @@ def world_ready(spec: dict, status: dict) -> None:
     status["t_go"] = time.time()
 
 
+def collect_record(agent: dict, servers: list[dict], sshd_logs: list[threading.Thread], audit,
+                   fs_watcher: subprocess.Popen | None) -> None:
+    """Once the servers are stopped: the last of their logs and audit lines, the writable trees
+    copied back for the after-snapshot, and the fs watcher's final events."""
+    for t in sshd_logs:
+        t.join(timeout=5)
+    if audit is not None:
+        audit.drain()
+    for host in [agent] + servers:
+        if os.path.ismount(host["rw_mount"]):
+            copy_back(host)
+    if fs_watcher is not None:
+        try:
+            fs_watcher.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            fs_watcher.kill()
+            fs_watcher.wait()
+
+
+def write_status(spec: dict, status: dict, watch: dict) -> None:
+    """logs/world.json, written atomically: the harness reads it as the world's last word."""
+    status["network"] = {"agent_address": spec["agent_address"],
+                         "servers": [s["address"] for s in spec["servers"]],
+                         "model_endpoint": ["127.0.0.1", spec["model_port"]], "dns": [DNS_ADDRESS, 53]}
+    status["watchers"] = watch
+    status["t_end"] = time.time()
+    tmp = os.path.join(spec["logs"], "world.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(status, f)
+    os.replace(tmp, os.path.join(spec["logs"], "world.json"))
+
+
 def agent_ended(spec: dict) -> None:
     """Tell the harness the agent is over (it may start another trial's agent while this world
     stops). A message, not only closing: `unshare` above this process holds the pipe open too."""
@@ -599,27 +631,8 @@ def main(spec_path: str) -> int:
         t_stop = time.time()
         stop_servers(sshd_procs, traced=watch["server_strace"])
         status["stop_servers_s"] = time.time() - t_stop
-        for t in sshd_logs:
-            t.join(timeout=5)
-        if audit is not None:
-            audit.drain()
-        for host in [agent] + servers:
-            if os.path.ismount(host["rw_mount"]):
-                copy_back(host)
-        if fs_watcher is not None:
-            try:
-                fs_watcher.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                fs_watcher.kill()
-                fs_watcher.wait()
-        status["network"] = {"agent_address": spec["agent_address"], "servers": [s["address"] for s in servers],
-                             "model_endpoint": ["127.0.0.1", spec["model_port"]], "dns": [DNS_ADDRESS, 53]}
-        status["watchers"] = watch
-        status["t_end"] = time.time()
-        tmp = os.path.join(logs, "world.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(status, f)
-        os.replace(tmp, os.path.join(logs, "world.json"))
+        collect_record(agent, servers, sshd_logs, audit, fs_watcher)
+        write_status(spec, status, watch)
     return 1 if "error" in status else 0
 
 
