@@ -470,8 +470,8 @@ def main(spec_path: str) -> int:
             kill()
             status["agent_exit"] = proc.wait()
             status["timed_out"] = True
+        limit_watch.join()   # before the kill: its last look reads the container's cgroup counters
         kill()     # the agent's container ends with its CLI, as its bubblewrap sandbox does
-        limit_watch.join()
         for t in copies:
             t.join(timeout=10)
         status["t_agent_end"] = time.time()

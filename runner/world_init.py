@@ -437,11 +437,16 @@ def watch_limits(spec: dict, cgroups: list, limits, agent: subprocess.Popen, kil
     """Ends the trial at the first limit reached: `kill()` ends the agent's whole sandbox (its pid
     namespace dies with its bwrap, or with its container), and status["limit_hit"] says which limit."""
     def watch() -> None:
-        while agent.poll() is None:
+        while True:
+            ended = agent.poll() is not None
+            # One last look once the agent has ended: a limit the kernel enforced between two polls
+            # (an OOM kill the CLI shrugged off before exiting) still shows in the cgroup's counters.
             hits = exceeded_limits(spec, cgroups, limits)
             if hits:
                 status.setdefault("limit_hit", []).extend(hits)
                 kill()
+                return
+            if ended:
                 return
             time.sleep(LIMITS_POLL_S)
 

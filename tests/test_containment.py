@@ -155,3 +155,18 @@ def test_join_argv():
                                                                     "/cg/memory/t/cgroup.procs", "--", "x", "y"]
     assert join_argv(TrialCgroup("rlimit"), limits, ["x"]) == ["/usr/bin/prlimit", "--nproc=64",
                                                               f"--data={1 << 30}", "--", "x"]
+
+
+def test_a_limit_the_kernel_enforced_just_before_the_agent_exited_is_still_reported(monkeypatch):
+    """The limits watcher polls; an OOM kill the CLI shrugs off before exiting, between two polls,
+    must still end as a limit hit (the cgroup's counters keep it)."""
+    import subprocess
+
+    from runner import world_init
+
+    agent = subprocess.Popen(["true"])
+    agent.wait()                                   # the agent has already exited
+    monkeypatch.setattr(world_init, "exceeded_limits", lambda spec, cgroups, limits: ["memory"])
+    killed, status = [], {}
+    world_init.watch_limits({}, [], None, agent, lambda: killed.append(True), status).join(timeout=10)
+    assert status == {"limit_hit": ["memory"]} and killed == [True]
