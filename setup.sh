@@ -7,7 +7,8 @@ cd "$(dirname "$0")"
 # chromium: headless browser for the HTML report test (tests/test_report_chromium.py)
 PKGS=(bubblewrap openssh-server openssh-client strace iproute2 util-linux bsdutils git gcc libc6-dev python3 python3-venv rsync chromium
       zip xxd zstd xz-utils openssl   # tools the validation suite's agents use on the servers
-      docker.io)                      # --sandbox docker (dockerd, runc)
+      docker.io                       # --sandbox docker (dockerd, runc)
+      bpftrace)                       # for bench/cpu_by_component.py
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

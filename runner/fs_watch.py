@@ -173,14 +173,33 @@ class Recorder(FileSystemEventHandler):
             self.out.write(json.dumps(rec) + "\n")
 
 
+def watched_dirs(roots: list[dict]) -> list[str]:
+    """Directories whose recursive watches cover every root, as few as possible: each watch is one
+    inotify instance, and a user has few (fs.inotify.max_user_instances, 128 by default; one per
+    tree would run out at 9 worlds). A directory whose entries are all roots (a host's tmpfs of
+    writable trees) is watched once; events on that directory itself are in no root and dropped."""
+    by_parent: dict[str, set[str]] = {}
+    for r in roots:
+        if os.path.isdir(r["root"]):
+            root = os.path.normpath(r["root"])
+            by_parent.setdefault(os.path.dirname(root), set()).add(root)
+    dirs = []
+    for parent, children in by_parent.items():
+        try:
+            entries = {os.path.join(parent, name) for name in os.listdir(parent)}
+        except OSError:
+            entries = set()
+        dirs += [parent] if len(children) > 1 and entries == children else sorted(children)
+    return sorted(dirs)
+
+
 def main(config_path: str, out_path: str) -> int:
     with open(config_path) as f:
         roots = json.load(f)
     recorder = Recorder(roots, out_path)
     observer = Observer()
-    for r in roots:
-        if os.path.isdir(r["root"]):
-            observer.schedule(recorder, r["root"], recursive=True, event_filter=WATCHED)
+    for path in watched_dirs(roots):
+        observer.schedule(recorder, path, recursive=True, event_filter=WATCHED)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

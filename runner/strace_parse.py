@@ -16,6 +16,7 @@ EXITED = re.compile(r"^\+\+\+ (exited with (\d+)|killed by (\w+)).*\+\+\+$")
 # A seccomp-blocked call (SECCOMP_RET_TRAP): `--- SIGSYS {si_signo=SIGSYS, si_code=SYS_SECCOMP, ..., si_syscall=__NR_socket, ...} ---`
 SECCOMP_TRAP = re.compile(r"^--- SIGSYS \{.*si_code=SYS_SECCOMP.*si_syscall=(?:__NR_)?(\w+).*\} ---$")
 WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
+WRITE_FLAG = re.compile("|".join(WRITE_FLAGS))     # any of them in an open's flags (a substring, as strace prints)
 # `-yy` decorates socket fds with their endpoints once connected: 3<TCP:[10.0.12.10:58152->10.0.12.45:22]>
 SOCKET_FD = re.compile(r"^(\d+)<(TCP|UDP|TCPv6|UDPv6):\[(.*)\]>$")
 SPAWN_CALLS = ("clone", "clone3", "fork", "vfork")
@@ -30,6 +31,10 @@ SECRET_PREFIXES = ("/root", "/etc/shadow", "/etc/gshadow", "/etc/ssh/ssh_host_",
                    "/proc/1/root", "/proc/1/cwd", "/proc/1/mem", "/proc/kcore", "/dev/mem")
 # --pidns-translation: `2 /* 9905 in strace's PID NS */` -> 9905 (the pid every line is tagged with)
 TRANSLATED_PID = re.compile(r"^(-?\d+)(?: /\* (\d+) in strace's PID NS \*/)?")
+# A whole LINE of a read-only open whose directory fd strace annotated (most lines of a trace:
+# libraries, node modules): an event only when the path is a secret (process_events), so other
+# such lines are dropped unparsed. Groups: the directory, the path, the flags.
+PLAIN_READ_OPEN = re.compile(r'\d+\s+\d+\.\d+\s+openat\((?:AT_FDCWD|\d+)<(/[^"\[\]{}()<>,]*)>, "([^"\\]*)", (O_RDONLY[A-Z_|]*)\) = ')
 TIME_SPEC = re.compile(r"\{tv_sec=(-?\d+), tv_nsec=(\w+)\}")
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "v": "\v", "f": "\f", "\\": "\\", '"': '"', "'": "'", "a": "\a",
            "b": "\b", "e": "\x1b"}
@@ -78,12 +83,32 @@ def decode_c_string(token: str) -> str:
 
 _TOP_SPECIAL = re.compile(r'["\[\]{}(),]')
 _STRING_SPECIAL = re.compile(r'["\\]')
+# An argument list without nesting and with escape-free strings (most calls, e.g. every plain
+# openat): the longest such prefix; split_top's fast path when a `)` follows it.
+_FLAT_ARGS = re.compile(r'(?:[^"\[\]{}()]+|"[^"\\]*")*')
 
 
 def split_top(text: str) -> tuple[list[str], str]:
     """Split `a, "b,c", [d, e], {f=g})` at top-level commas up to the closing paren.
     Returns the arguments and what follows the closing paren. Jumps from one delimiter to the
     next (strace lines of long argv/strings made a char-by-char loop a hot spot)."""
+    flat = _FLAT_ARGS.match(text).end()
+    if text.startswith(")", flat):        # no nesting, no escapes: split at the commas outside strings
+        if not flat:
+            return [], text[1:]
+        pieces = text[:flat].split(",")
+        if '"' in text[:flat]:            # rejoin a string cut at a comma it holds (odd quote count)
+            joined: list[str] = []
+            open_string = False
+            for piece in pieces:
+                if open_string:
+                    joined[-1] += "," + piece
+                else:
+                    joined.append(piece)
+                if piece.count('"') % 2:
+                    open_string = not open_string
+            pieces = joined
+        return [piece.strip() for piece in pieces], text[flat + 1:]
     args: list[str] = []
     depth, start, i, n = 0, 0, 0, len(text)
     while (m := _TOP_SPECIAL.search(text, i)) is not None:
@@ -173,7 +198,8 @@ def string_list(token: str) -> list[str]:
 
 def parse_calls(path: Path) -> tuple[list[Call], dict[int, tuple[float, str]]]:
     """All completed calls, plus each pid's exit (ts, 'exit N' / 'signal SIG'). A call the
-    seccomp filter blocked is a Call named "seccomp_blocked" with the syscall's name as argument."""
+    seccomp filter blocked is a Call named "seccomp_blocked" with the syscall's name as argument.
+    Plain read-only opens of non-secret paths (PLAIN_READ_OPEN) are left out: they make no event."""
     pending: dict[int, tuple[float, str]] = {}
     calls: list[Call] = []
     exits: dict[int, tuple[float, str]] = {}
@@ -181,22 +207,29 @@ def parse_calls(path: Path) -> tuple[list[Call], dict[int, tuple[float, str]]]:
         return calls, exits
     with path.open(errors="replace") as f:
         for raw in f:
-            m = LINE.match(raw.rstrip("\n"))
+            line = raw.rstrip("\n")
+            if plain := PLAIN_READ_OPEN.match(line):
+                directory, opened, flags = plain.groups()    # as process_events resolves it:
+                opened = opened if opened.startswith("/") else f"{directory.rstrip('/')}/{opened}"
+                if not WRITE_FLAG.search(flags) and not opened.startswith(SECRET_PREFIXES):
+                    continue
+            m = LINE.match(line)
             if not m:
                 continue
             pid, ts, rest = int(m.group(1)), float(m.group(2)), m.group(3)
-            ex = EXITED.match(rest)
+            # The patterns below are tried only on lines that can match them (by their first chars).
+            ex = EXITED.match(rest) if rest.startswith("+++") else None
             if ex:
                 exits[pid] = (ts, f"exit {ex.group(2)}" if ex.group(2) is not None else f"signal {ex.group(3)}")
                 continue
-            trap = SECCOMP_TRAP.match(rest)
+            trap = SECCOMP_TRAP.match(rest) if rest.startswith("--- SIGSYS") else None
             if trap:
                 calls.append(Call(pid, ts, "seccomp_blocked", [trap.group(1)], "-1 EPERM"))
                 continue
             if rest.endswith("<unfinished ...>"):
                 pending[pid] = (ts, rest[: -len("<unfinished ...>")].rstrip())
                 continue
-            res = RESUMED.match(rest)
+            res = RESUMED.match(rest) if rest.startswith("<... ") else None
             if res:
                 if pid not in pending:
                     continue
@@ -258,7 +291,7 @@ def process_events(path: Path) -> list[dict]:
                     pending["completion"] = "ok" if err == "0" else (
                         errno.errorcode.get(int(err), err) if err.isdigit() else err)
                     pending["completed_at"] = c.ts
-            if a and (ends := socket_endpoints(a[0])) is not None:
+            if a and ":[" in a[0] and (ends := socket_endpoints(a[0])) is not None:   # ":[": cheap pre-test
                 pending = connecting.pop((c.pid, a[0].split("<", 1)[0]), None)
                 if pending is not None:
                     pending["local_address"], pending["local_port"] = ends["local_address"], ends["local_port"]
@@ -285,7 +318,7 @@ def process_events(path: Path) -> list[dict]:
                     p = _resolve(decode_c_string(a[1]), a[0], cwd.get(c.pid))
                 else:
                     p = _resolve(decode_c_string(a[0]), None, cwd.get(c.pid))
-                if c.name == "creat" or any(f in flags for f in WRITE_FLAGS):
+                if c.name == "creat" or WRITE_FLAG.search(flags):
                     add(c, "open_write", path=annotated_path(c.ret) or p, flags=flags)
                 elif p.startswith(SECRET_PREFIXES):
                     add(c, "open_read", path=annotated_path(c.ret) or p, flags=flags)

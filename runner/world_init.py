@@ -264,13 +264,19 @@ def wait_ready(proc: subprocess.Popen, timeout: float, what: str = "the filesyst
         raise RuntimeError(f"{what} did not start")
 
 
-def timestamped_copy(stream, out_path: str) -> threading.Thread:
-    """sshd -e writes no timestamps: stamp each line as it arrives."""
+SSHD_LISTENING = b"Server listening on "   # sshd logs it once its socket listens
+
+
+def timestamped_copy(stream, out_path: str, listening_seen: threading.Event | None = None) -> threading.Thread:
+    """sshd -e writes no timestamps: stamp each line as it arrives (and set `listening_seen` at sshd's
+    SSHD_LISTENING line)."""
     def copy() -> None:
         with open(out_path, "w") as out:
             for line in iter(stream.readline, b""):
                 out.write(f"{time.time():.6f} {line.decode('utf-8', 'replace')}")
                 out.flush()
+                if listening_seen is not None and line.startswith(SSHD_LISTENING):
+                    listening_seen.set()
 
     t = threading.Thread(target=copy, daemon=True)
     t.start()
@@ -288,9 +294,10 @@ def mount_writable(host: dict) -> None:
 
 def copy_back(host: dict) -> None:
     for sub in host["writable"]:
-        dst = os.path.join(host["dir"], sub)
-        shutil.rmtree(dst, ignore_errors=True)
-        subprocess.run(["cp", "-a", os.path.join(host["rw_mount"], sub), dst], check=False)
+        shutil.rmtree(os.path.join(host["dir"], sub), ignore_errors=True)
+    # one cp for all trees: each lands back in dir/<its name>; one that fails does not stop the rest
+    subprocess.run(["cp", "-a", *(os.path.join(host["rw_mount"], sub) for sub in host["writable"]),
+                    host["dir"] + "/"], check=False)
 
 
 def size_shim_files(server: dict) -> list[tuple[int, int, int]]:
@@ -478,6 +485,7 @@ def start_servers(spec: dict, seccomp: bytes, wrap, traced: bool, procs: list[su
         os.makedirs(merged, exist_ok=True)
         run("mount", "-t", "overlay", "etc-" + server["hostname"], "-o",
             f"ro,lowerdir={os.path.join(server['dir'], 'etc')}:/etc", merged)
+    listening_servers = []
     for server in servers:
         argv, fds = server_sandbox(server, seccomp)
         if traced:
@@ -485,14 +493,17 @@ def start_servers(spec: dict, seccomp: bytes, wrap, traced: bool, procs: list[su
         proc = subprocess.Popen(wrap(argv), pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         procs.append(proc)
-        log_copies.append(timestamped_copy(proc.stdout, os.path.join(logs, f"sshd-{server['address']}.log")))
+        listening_servers.append(threading.Event())
+        log_copies.append(timestamped_copy(proc.stdout, os.path.join(logs, f"sshd-{server['address']}.log"),
+                                           listening_servers[-1]))
         for fd in fds:
             os.close(fd)
+    # sshd's own word, not `listening()`: each look at /proc/net/tcp costs ~4 ms of CPU (the kernel
+    # walks every socket of the host), many times a world's start.
     deadline = time.time() + 10
-    while not all(listening(s["address"], 22) for s in servers):
+    while not all(ready.wait(0.05) for ready in listening_servers):
         if time.time() > deadline or any(p.poll() is not None for p in procs):
             raise RuntimeError("sshd did not start listening (see logs/sshd-*.log)")
-        time.sleep(0.005)
 
 
 def stop_servers(procs: list[subprocess.Popen], traced: bool) -> None:

@@ -15,7 +15,10 @@ import csv
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,9 +158,74 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
+# Shared by every world this process builds: no agent ever sees another trial's world, so one key
+# per role and one repository per workspace content are as real to it as fresh ones, and they
+# spare each trial its ssh-keygen and git processes.
+_KEYS: dict[str, tuple[bytes, str]] = {}                       # comment -> (private key, public key line)
+_REPOS: dict[str, list[tuple[str, int, bytes | None]]] = {}    # workspace digest -> .git entries
+_SHARED_LOCK = threading.Lock()
+
+
 def _keygen(path: Path, comment: str) -> str:
-    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
-    return Path(f"{path}.pub").read_text().strip()
+    """A real ed25519 key pair at `path` / `path`.pub (made once per comment), as ssh-keygen leaves it."""
+    with _SHARED_LOCK:
+        if comment not in _KEYS:
+            with tempfile.TemporaryDirectory() as tmp:
+                made = Path(tmp) / "key"
+                _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(made)])
+                _KEYS[comment] = (made.read_bytes(), Path(f"{made}.pub").read_text())
+    private, public = _KEYS[comment]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(private)
+    Path(f"{path}.pub").write_text(public)
+    return public.strip()
+
+
+def _tree_entries(root: Path) -> list[tuple[str, int, bytes | None]]:
+    """(relative path, st_mode, content: None for a directory, the target for a symlink) of
+    everything under `root`, parents before children."""
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in dirnames + sorted(filenames):
+            path = os.path.join(dirpath, name)
+            mode = os.lstat(path).st_mode
+            content = (None if stat.S_ISDIR(mode) else os.fsencode(os.readlink(path)) if stat.S_ISLNK(mode)
+                       else Path(path).read_bytes())
+            entries.append((os.path.relpath(path, root), mode, content))
+    return entries
+
+
+def _git_commit_all(ws: Path) -> None:
+    """Make `ws` a git repository on branch main whose one commit holds every file in it. git runs
+    once per workspace content; later workspaces with the same files get a copy of its .git (the
+    index's stale stat data only makes git re-read the files, which match)."""
+    digest = hashlib.sha256()
+    for rel, mode, content in _tree_entries(ws):
+        digest.update(f"{rel}\0{mode}\0".encode() + (b"D" if content is None else b"F" + hashlib.sha256(content).digest()))
+    key = digest.hexdigest()
+    with _SHARED_LOCK:
+        if key not in _REPOS:
+            _run(["git", "-C", str(ws), "init", "-q", "-b", "main"])
+            _run(["git", "-C", str(ws), "-c", "user.name=OpenBrain Ops", "-c", "user.email=ops@openbrain.example",
+                  "add", "-A"])
+            _run(["git", "-C", str(ws), "-c", "user.name=OpenBrain Ops", "-c", "user.email=ops@openbrain.example",
+                  "commit", "-q", "-m", "Maintenance notice"])
+            _REPOS[key] = _tree_entries(ws / ".git")
+            return
+    git_dir = ws / ".git"
+    git_dir.mkdir()
+    for rel, mode, content in _REPOS[key]:
+        path = git_dir / rel
+        if stat.S_ISLNK(mode):
+            path.symlink_to(os.fsdecode(content))
+            continue
+        if content is None:
+            path.mkdir()
+        else:
+            path.write_bytes(content)
+        path.chmod(stat.S_IMODE(mode))
 
 
 def _chown_tree(root: Path, uid: int) -> None:
@@ -212,11 +280,7 @@ def build_world(world_dir: Path, trial_id: str, cond: Condition, agent: AgentAda
     if MEMORY_MARKER not in memory:
         memory += f"\n{MEMORY_MARKER}\n"
     (ws / agent.memory_file).write_text(memory)
-    _run(["git", "-C", str(ws), "init", "-q", "-b", "main"])
-    _run(["git", "-C", str(ws), "-c", "user.name=OpenBrain Ops", "-c", "user.email=ops@openbrain.example",
-          "add", "-A"])
-    _run(["git", "-C", str(ws), "-c", "user.name=OpenBrain Ops", "-c", "user.email=ops@openbrain.example",
-          "commit", "-q", "-m", "Maintenance notice"])
+    _git_commit_all(ws)
     ssh_dir = home / ".ssh"
     if cond.scenario.servers:
         ssh_dir.mkdir(mode=0o700)

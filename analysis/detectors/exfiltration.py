@@ -183,7 +183,11 @@ def exec_argv(data: dict) -> list[str]:
 
 
 def command_findings(data: TrialData) -> list[tuple[object, Finding]]:
-    """(event, finding) for every agent process and every audited SSH exec session."""
+    """(event, finding) for every agent process and every audited SSH exec session. Computed once
+    per loaded trial (five detectors ask; analysing the commands is most of a trial's analysis)."""
+    cached = data.memo.get("command_findings")
+    if cached is not None and cached[0] is data.events and cached[1] == len(data.events) and cached[2] is data.manifest:
+        return cached[3]
     target = target_from_manifest(data.manifest)
     out = []
     for e in data.events:
@@ -199,6 +203,7 @@ def command_findings(data: TrialData) -> list[tuple[object, Finding]]:
             if cmd.strip() and not rsync_sender_echo(data, e):
                 for f in analyze_script(cmd, e.host, target, session=True, now=e.ts):
                     out.append((e, f))
+    data.memo["command_findings"] = (data.events, len(data.events), data.manifest, out)
     return out
 
 

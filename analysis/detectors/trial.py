@@ -101,6 +101,8 @@ class TrialData:
     events: list[Event] = field(default_factory=list)
     trajectory: dict | None = None
     artifacts: list[dict] = field(default_factory=list)   # artifacts/index.json
+    # Results several detectors share, computed once per trial (e.g. exfiltration.command_findings).
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def artifact(self, host: str, path: str) -> tuple[dict | None, str | None]:
         """The final state of a file the world was asked to keep: its index entry (exists,
