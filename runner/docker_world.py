@@ -389,12 +389,9 @@ def main(spec_path: str) -> int:
             wi.mount_writable(host)
         if watch["fs"]:
             fs_watcher = wi.start_fs_watcher(spec)
-        with open(os.path.join(agent["etc_dir"], "resolv.conf"), "w") as f:
-            f.write(wi.RESOLV_CONF)
+        wi.write_resolv_conf(agent["etc_dir"])
         for server in servers:
-            with open(os.path.join(server["dir"], "etc", "resolv.conf"), "w") as f:
-                f.write(wi.RESOLV_CONF)
-            wi.write_size_shim_config(server)
+            wi.prepare_server_etc(server)
         audit = wi.AuditReceiver({s["address"]: os.path.join(s["dir"], "log.sock") for s in servers},
                                  os.path.join(logs, "audit.jsonl"))
         audit.start()
@@ -424,6 +421,7 @@ def main(spec_path: str) -> int:
         for helper in helpers:
             wi.wait_ready(helper, 60, "the model bridge / resolver of a container (see logs/world-init.log)")
 
+        listening = []
         for server in servers:
             cid, _pid = containers[server["address"]]
             process = wi.fd_of(process_spec(["/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config"],
@@ -437,12 +435,8 @@ def main(spec_path: str) -> int:
                                     pass_fds=[process])
             os.close(process)
             sshd_procs.append(proc)
-            sshd_logs.append(wi.timestamped_copy(proc.stdout, os.path.join(logs, f"sshd-{server['address']}.log")))
-        deadline = time.time() + 30
-        while not all(wi.listening(s["address"], 22, f"/proc/{containers[s['address']][1]}/net/tcp") for s in servers):
-            if time.time() > deadline or any(p.poll() is not None for p in sshd_procs):
-                raise RuntimeError("sshd did not start listening (see logs/sshd-*.log)")
-            time.sleep(0.01)
+            listening.append(wi.copy_sshd_log(proc, logs, server["address"], sshd_logs))
+        wi.wait_listening(listening, sshd_procs, 30)
         status["t_servers_ready"] = time.time()
 
         if fs_watcher is not None:

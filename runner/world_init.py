@@ -110,13 +110,6 @@ def setup_network(spec: dict) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def listening(address: str, port: int, tcp_table: str = "/proc/net/tcp") -> bool:
-    """A TCP listener on address:port in the network namespace of `tcp_table` (/proc/PID/net/tcp: PID's)."""
-    want = "%08X:%04X" % (struct.unpack("<I", socket.inet_aton(address))[0], port)
-    with open(tcp_table) as f:
-        return any(line.split()[1] == want and line.split()[3] == "0A" for line in f.readlines()[1:])
-
-
 # --- audit receiver: the servers' /dev/log ------------------------------------------------------
 class AuditReceiver(threading.Thread):
     def __init__(self, sockets: dict[str, str], out_path: str):
@@ -470,6 +463,34 @@ def watch_limits(spec: dict, cgroups: list, limits, agent: subprocess.Popen, kil
 RESOLV_CONF = f"nameserver {DNS_ADDRESS}\noptions attempts:1\n"
 
 
+def write_resolv_conf(etc_dir: str) -> None:
+    with open(os.path.join(etc_dir, "resolv.conf"), "w") as f:
+        f.write(RESOLV_CONF)
+
+
+def prepare_server_etc(server: dict) -> None:
+    """A server's own /etc files: the world's resolver, and its size shim configured for the inodes
+    of its writable trees (which must be mounted)."""
+    write_resolv_conf(os.path.join(server["dir"], "etc"))
+    write_size_shim_config(server)
+
+
+def copy_sshd_log(proc: subprocess.Popen, logs: str, address: str, log_copies: list[threading.Thread]) -> threading.Event:
+    """sshd's output (stdout, stderr joined) into logs/sshd-<address>.log; the event is set once it listens."""
+    listening = threading.Event()
+    log_copies.append(timestamped_copy(proc.stdout, os.path.join(logs, f"sshd-{address}.log"), listening))
+    return listening
+
+
+def wait_listening(listening: list[threading.Event], procs: list[subprocess.Popen], timeout: float) -> None:
+    """Until every sshd has said it listens (its own word, not a look at /proc/net/tcp: each look costs
+    ~4 ms of CPU, the kernel walking every socket of the host). An sshd that exits first is an error."""
+    deadline = time.time() + timeout
+    while not all(ready.wait(0.05) for ready in listening):
+        if time.time() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError("sshd did not start listening (see logs/sshd-*.log)")
+
+
 def start_servers(spec: dict, seccomp: bytes, wrap, traced: bool, procs: list[subprocess.Popen],
                   log_copies: list[threading.Thread]) -> None:
     """Each server's /etc overlay (its size shim configured for the inodes of its writable trees,
@@ -478,14 +499,12 @@ def start_servers(spec: dict, seccomp: bytes, wrap, traced: bool, procs: list[su
     Started processes are appended to `procs` as they start, so the caller's clean-up stops them."""
     logs, servers = spec["logs"], spec["servers"]
     for server in servers:
-        with open(os.path.join(server["dir"], "etc", "resolv.conf"), "w") as f:
-            f.write(RESOLV_CONF)
-        write_size_shim_config(server)
+        prepare_server_etc(server)
         merged = os.path.join(server["dir"], "etc-merged")
         os.makedirs(merged, exist_ok=True)
         run("mount", "-t", "overlay", "etc-" + server["hostname"], "-o",
             f"ro,lowerdir={os.path.join(server['dir'], 'etc')}:/etc", merged)
-    listening_servers = []
+    listening = []
     for server in servers:
         argv, fds = server_sandbox(server, seccomp)
         if traced:
@@ -493,17 +512,10 @@ def start_servers(spec: dict, seccomp: bytes, wrap, traced: bool, procs: list[su
         proc = subprocess.Popen(wrap(argv), pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         procs.append(proc)
-        listening_servers.append(threading.Event())
-        log_copies.append(timestamped_copy(proc.stdout, os.path.join(logs, f"sshd-{server['address']}.log"),
-                                           listening_servers[-1]))
+        listening.append(copy_sshd_log(proc, logs, server["address"], log_copies))
         for fd in fds:
             os.close(fd)
-    # sshd's own word, not `listening()`: each look at /proc/net/tcp costs ~4 ms of CPU (the kernel
-    # walks every socket of the host), many times a world's start.
-    deadline = time.time() + 10
-    while not all(ready.wait(0.05) for ready in listening_servers):
-        if time.time() > deadline or any(p.poll() is not None for p in procs):
-            raise RuntimeError("sshd did not start listening (see logs/sshd-*.log)")
+    wait_listening(listening, procs, 10)
 
 
 def stop_servers(procs: list[subprocess.Popen], traced: bool) -> None:
@@ -603,8 +615,7 @@ def main(spec_path: str) -> int:
             mount_writable(host)
         if watch["fs"]:
             fs_watcher = start_fs_watcher(spec)
-        with open(os.path.join(agent["etc_dir"], "resolv.conf"), "w") as f:
-            f.write(RESOLV_CONF)
+        write_resolv_conf(agent["etc_dir"])
         audit = AuditReceiver({s["address"]: os.path.join(s["dir"], "log.sock") for s in servers},
                               os.path.join(logs, "audit.jsonl"))
         audit.start()
