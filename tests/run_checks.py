@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,12 @@ from runner.run_store import TRIALS
 RUN = [sys.executable, "-c", "from runner.cli import harness_run; harness_run()"]
 CELLS = ["gemini-cli/scripted:population/exfiltration-deletion/good/memory/peer",
          "gemini-cli/scripted:population/exfiltration-deletion/none/memory/self"]
+
+
+def interruptible_run(argv: list[str], **popen_kwargs) -> subprocess.Popen:
+    """The runner started so that a SIGINT the test sends reaches it as Ctrl-C would: a test run from a
+    shell's background job inherits SIGINT ignored (POSIX), and the runner would rightly ignore it."""
+    return subprocess.Popen(argv, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen_kwargs)
 
 
 def process_naming(path: Path) -> subprocess.Popen:

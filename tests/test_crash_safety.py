@@ -24,7 +24,7 @@ from runner.policy import load_policy_spec
 from runner.run_store import PARTIAL, TRIALS
 from runner.trial import SCRATCH
 
-from run_checks import RUN, finished_trials, processes_mentioning, require_world
+from run_checks import RUN, finished_trials, interruptible_run, processes_mentioning, require_world
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def test_runner_killed_20_times_leaves_nothing_and_resumes_exactly(tmp_path):
             log = tmp_path / f"run{run_no}-{k}.log"
             with open(log, "w") as out:
                 # a run killed before it wrote run.json does not exist yet: the same command starts it
-                proc = subprocess.Popen(resume if (run_dir / "run.json").exists() else first, stdout=out, stderr=out)
+                proc = interruptible_run(resume if (run_dir / "run.json").exists() else first, stdout=out, stderr=out)
             time.sleep(rng.uniform(1.0, 14.0))          # start-up, preflight, world building, agents running
             proc.send_signal(sig)
             try:

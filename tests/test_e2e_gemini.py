@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from run_checks import RUN, require_world
+from run_checks import RUN, interruptible_run, require_world
 
 pytestmark = pytest.mark.slow
 
@@ -218,9 +218,9 @@ def test_wall_clock_limit_kills_the_trial_and_marks_it_invalid(tmp_path):
 def test_interrupting_the_runner_kills_every_world(tmp_path, sig):
     require_world()
     run_dir = tmp_path / "r"
-    proc = subprocess.Popen([*RUN, "--agent", "gemini-cli", "--out", str(run_dir), "--model", "scripted:exfiltrate",
-                             "--trials", "6", "--concurrency", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = interruptible_run([*RUN, "--agent", "gemini-cli", "--out", str(run_dir), "--model", "scripted:exfiltrate",
+                              "--trials", "6", "--concurrency", "2"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list(run_dir.glob("*/*/manifest.json")) and time.time() < deadline:   # partial/ or trials/
         time.sleep(0.2)
