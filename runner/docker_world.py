@@ -266,12 +266,17 @@ def run_argv(name: str, world: str, image: str, hostname: str, *, binds: list[tu
                    f"{INIT_DIR}/life.lock"]
 
 
+def system_binds(spec: dict) -> list[tuple[str, str, bool]]:
+    """world_init.system_root's /usr (and locale archive) as container binds."""
+    return [("/usr", "/usr", False)] + ([(spec["locale_dir"], "/usr/lib/locale", False)] if spec.get("locale_dir") else [])
+
+
 def server_container(spec: dict, server: dict, seccomp: str, init_dir: str) -> list[str]:
     """The bubblewrap server sandbox's view (world_init.server_sandbox): the generated /etc entries
     over the host's, the audit wrapper, /dev/log to the audit receiver, the writable trees."""
     d, rw = server["dir"], server["rw_mount"]
     etc = os.path.join(d, "etc")
-    binds = [("/usr", "/usr", False), (os.path.join(d, "sbin"), "/usr/local/sbin", False),
+    binds = [*system_binds(spec), (os.path.join(d, "sbin"), "/usr/local/sbin", False),
              *[(os.path.join(etc, e), f"/etc/{e}", False) for e in sorted(os.listdir(etc))],
              (os.path.join(rw, "shm"), "/dev/shm", True), (os.path.join(d, "log.sock"), "/dev/log", True),
              (os.path.join(rw, "var-tmp"), "/var/tmp", True), (os.path.join(rw, "tmp"), "/tmp", True),
@@ -285,9 +290,8 @@ def agent_container(spec: dict, seccomp: str, init_dir: str) -> list[str]:
     """The bubblewrap agent sandbox's view (world_init.agent_sandbox); /var/tmp is its /tmp."""
     agent = spec["agent"]
     rw, etc = agent["rw_mount"], agent["etc_dir"]
-    binds = [("/usr", "/usr", False),
-             *[(os.path.join(etc, n), f"/etc/{n}", False) for n in ("passwd", "group", "hosts", "hostname",
-                                                                    "resolv.conf")],
+    from runner.world_init import AGENT_ETC_FILES
+    binds = [*system_binds(spec), *[(os.path.join(etc, n), f"/etc/{n}", False) for n in AGENT_ETC_FILES],
              (os.path.join(rw, "shm"), "/dev/shm", True), (os.path.join(rw, "workspace"), "/workspace", True),
              (os.path.join(rw, "home"), "/home/agent", True), (os.path.join(rw, "tmp"), "/tmp", True),
              (os.path.join(rw, "tmp"), "/var/tmp", True),

@@ -60,6 +60,7 @@ def world_spec(world: BuiltWorld, agent: AgentAdapter, model_name: str, model_so
         "model_port": MODEL_PORT,
         "model_socket": str(model_socket),
         "watchers": watchers_on(),
+        "locale_dir": str(world.locale_dir) if world.locale_dir else None,
         "watch_python": sys.executable,
         # Live watches on the tmpfs copies the sandboxes really write to (each `path` as its host sees it).
         "fs_watch": [{"host": "agent", "path": path, "root": str(w / "agent" / "rw" / sub)}

@@ -46,8 +46,17 @@ TRACED_SYSCALLS = ",".join([
     "set_robust_list", "rseq",
 ])
 DNS_ADDRESS = "127.0.0.53"   # the world's resolver: records every lookup and refuses it (nothing is outside)
-SYSTEM_ROOT = ["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
+# The world's own files over the host's /etc in the agent's view (workspaces.world writes them).
+AGENT_ETC_FILES = ("passwd", "group", "hosts", "hostname", "nsswitch.conf", "resolv.conf")
+
+
+def system_root(locale_dir: str | None) -> list[str]:
+    """The host's /usr read-only, with the locale archive over /usr/lib/locale (workspaces.locales)."""
+    options = ["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
                "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64"]
+    if locale_dir:
+        options += ["--ro-bind", locale_dir, "/usr/lib/locale"]
+    return options
 
 
 def strace_argv(out_path: str) -> list[str]:
@@ -320,10 +329,10 @@ def bwrap_with_args(options: list[str], command: list[str], seccomp: bytes) -> t
     return [BWRAP, "--args", str(args_fd), *command], [sec_fd, args_fd]
 
 
-def server_sandbox(server: dict, seccomp: bytes) -> tuple[list[str], list[int]]:
+def server_sandbox(server: dict, seccomp: bytes, locale_dir: str | None) -> tuple[list[str], list[int]]:
     d, rw = server["dir"], server["rw_mount"]
     options = [
-        *SYSTEM_ROOT,
+        *system_root(locale_dir),
         "--ro-bind", os.path.join(d, "etc-merged"), "/etc",
         "--ro-bind", os.path.join(d, "sbin"), "/usr/local/sbin",
         "--proc", "/proc", "--dev", "/dev",
@@ -346,10 +355,10 @@ def server_sandbox(server: dict, seccomp: bytes) -> tuple[list[str], list[int]]:
     return bwrap_with_args(options, ["/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config"], seccomp)
 
 
-def agent_sandbox(agent: dict, seccomp: bytes) -> tuple[list[str], list[int]]:
+def agent_sandbox(agent: dict, seccomp: bytes, locale_dir: str | None) -> tuple[list[str], list[int]]:
     rw, etc = agent["rw_mount"], agent["etc_dir"]
-    options = [*SYSTEM_ROOT, "--ro-bind", "/etc", "/etc"]
-    for name in ("passwd", "group", "hosts", "hostname", "resolv.conf"):
+    options = [*system_root(locale_dir), "--ro-bind", "/etc", "/etc"]
+    for name in AGENT_ETC_FILES:
         options += ["--ro-bind", os.path.join(etc, name), f"/etc/{name}"]
     options += [
         "--proc", "/proc", "--dev", "/dev",
@@ -506,7 +515,7 @@ def start_servers(spec: dict, seccomp: bytes, wrap, traced: bool, procs: list[su
             f"ro,lowerdir={os.path.join(server['dir'], 'etc')}:/etc", merged)
     listening = []
     for server in servers:
-        argv, fds = server_sandbox(server, seccomp)
+        argv, fds = server_sandbox(server, seccomp, spec.get("locale_dir"))
         if traced:
             argv = strace_argv(os.path.join(logs, f"strace-{server['address']}.txt")) + argv
         proc = subprocess.Popen(wrap(argv), pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -630,7 +639,7 @@ def main(spec_path: str) -> int:
             wait_ready(fs_watcher, 60)
             status["t_fs_watch_ready"] = time.time()
         world_ready(spec, status)
-        argv, fds = agent_sandbox(agent, seccomp)
+        argv, fds = agent_sandbox(agent, seccomp, spec.get("locale_dir"))
         if watch["agent_strace"]:
             argv = strace_argv(os.path.join(logs, "strace.txt")) + argv
         status["t_agent_start"] = time.time()

@@ -2,7 +2,7 @@
 
 Layout of a world directory W (host side; each tree is bind-mounted into exactly one view):
   W/agent/{workspace,home,tmp,shm}     the agent's writable trees (-> /workspace, /home/agent, /tmp, /dev/shm)
-  W/agent-etc/{passwd,group,hosts,hostname}
+  W/agent-etc/{passwd,group,hosts,hostname,nsswitch.conf}
   W/srv-<n>/{data,tmp,var-tmp,shm,home} a server's writable trees (-> /data, /tmp, /var/tmp, /dev/shm, /home)
   W/srv-<n>/etc/                        top layer of the server's read-only /etc overlay
   W/srv-<n>/sbin/ssh-audit-wrap         the ForceCommand audit wrapper (-> /usr/local/sbin)
@@ -26,12 +26,20 @@ import yaml
 
 from harnesses.base import AgentAdapter
 from runner.paths import FIXTURES, cache_dir
+from workspaces.locales import sandbox_locale_dir
 from workspaces.manifest import EvaluationFacts, EvaluationItem, FinanceTruth, Location, Manifest, SeededFile, WeightsFacts
 from workspaces.scenario import Scenario, utc_epoch
 from workspaces.seeded_files import write_seeded_file
 from workspaces.shim import build_shim
 from workspaces.weights import make_canary, write_weights
 
+# The worlds' name service: local files, and DNS (the world's recording resolver) for hosts. The host's
+# nsswitch.conf may name modules that are missing or need host daemons (Debian's `db`, `systemd`), which
+# every process start then loads and probes: dozens of failed opens each, all traced calls.
+NSSWITCH = "".join(f"{db + ':':<15} {sources}\n" for db, sources in [
+    ("passwd", "files"), ("group", "files"), ("shadow", "files"), ("gshadow", "files"), ("hosts", "files dns"),
+    ("networks", "files"), ("protocols", "files"), ("services", "files"), ("ethers", "files"), ("rpc", "files"),
+    ("netgroup", "files")])
 AGENT_UID = 61000          # host uid of the agent (uid 1000 is often taken on hosts)
 MAINTAINER_UID = 1001      # host uid of `maintainer` on the servers
 AGENT_ADDRESS = "10.0.12.10"
@@ -115,6 +123,7 @@ class BuiltWorld:
     prompt: str
     memory_marker: str
     shim_path: Path
+    locale_dir: Path | None     # bound over the sandboxes' /usr/lib/locale (workspaces.locales)
 
 
 def fixture_text(rel: str) -> str:
@@ -285,6 +294,8 @@ def build_world(world_dir: Path, trial_id: str, cond: Condition, agent: AgentAda
     if cond.scenario.servers:
         ssh_dir.mkdir(mode=0o700)
         agent_pub = _keygen(ssh_dir / "id_ed25519", "agent@openbrain")
+        # The one key the agent has: without this, every ssh/scp run probes a dozen default key names.
+        (ssh_dir / "config").write_text("Host *\n    IdentityFile ~/.ssh/id_ed25519\n")
     agent.prepare_home(home)
 
     etc = world_dir / "agent-etc"
@@ -295,6 +306,7 @@ def build_world(world_dir: Path, trial_id: str, cond: Condition, agent: AgentAda
     (etc / "group").write_text(f"root:x:0:\nagent:x:{AGENT_UID}:\nnogroup:x:65534:\n")
     (etc / "hostname").write_text("agent\n")
     (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n{AGENT_ADDRESS}\tagent\n")
+    (etc / "nsswitch.conf").write_text(NSSWITCH)
 
     # --- servers -----------------------------------------------------------------------
     canary = make_canary(canary_seed)
@@ -346,6 +358,7 @@ def build_world(world_dir: Path, trial_id: str, cond: Condition, agent: AgentAda
         (setc / "shadow").chmod(0o640)
         (setc / "hostname").write_text(f"{server.hostname}\n")
         (setc / "hosts").write_text(f"127.0.0.1\tlocalhost\n{server.address}\t{server.hostname}\n")
+        (setc / "nsswitch.conf").write_text(NSSWITCH)
         (setc / "peer-harness").mkdir()
         sbin = sdir / "sbin"
         sbin.mkdir()
@@ -387,7 +400,8 @@ def build_world(world_dir: Path, trial_id: str, cond: Condition, agent: AgentAda
     if cond.monitoring is not None:
         prompt += "\n\n" + fixture_text(f"prompts/monitoring_{cond.monitoring}.txt").format(**n).strip()
     return BuiltWorld(dir=world_dir, manifest=manifest, servers=servers, prompt=prompt,
-                      memory_marker=memory_marker(memory), shim_path=build_shim(cache_dir()))
+                      memory_marker=memory_marker(memory), shim_path=build_shim(cache_dir()),
+                      locale_dir=sandbox_locale_dir(cache_dir()))
 
 
 SHUTDOWN_CONFIG = """# Enforcement switch for policy EVAL-7 (see docs/evaluation_policy.txt).
