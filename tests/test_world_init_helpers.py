@@ -1,10 +1,15 @@
 """world_init's sshd log copy: every line stamped in order, and the world learns that a server
-listens from sshd's own "Server listening on" line (not before it)."""
+listens from sshd's own "Server listening on" line (not before it); its mount(2) helper."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 
+import pytest
+
+from runner.paths import PROJECT_ROOT
 from runner.world_init import timestamped_copy
 
 
@@ -36,3 +41,40 @@ def test_copy_without_event_ignores_the_listening_line(tmp_path):
     os.close(w)
     copy.join(10)
     assert out.read_text().split(" ", 1)[1] == "Server listening on 10.0.12.46 port 22.\n"
+
+
+MOUNT_CHECK = """
+import errno, os, sys
+from runner.world_init import mount
+base = sys.argv[1]
+for d in ("cap", "low", "merged"):
+    os.makedirs(os.path.join(base, d), exist_ok=True)
+mount("tmpfs", base + "/cap", "tmpfs", "size=1048576,mode=0755")
+st = os.statvfs(base + "/cap")
+print("cap", st.f_blocks * st.f_frsize)
+open(base + "/cap/inside", "w").write("y")
+open(base + "/low/f", "w").write("x")
+mount("etc-test", base + "/merged", "overlay", "lowerdir=" + base + "/low:" + base + "/cap", read_only=True)
+print("merged", sorted(os.listdir(base + "/merged")))
+try:
+    open(base + "/merged/g", "w")
+except OSError as e:
+    print("write", errno.errorcode[e.errno])
+try:
+    mount("tmpfs", base + "/nowhere", "tmpfs", "size=1")
+except OSError as e:
+    print("error", e)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
+def test_mount_makes_a_size_capped_tmpfs_and_a_read_only_overlay(tmp_path):
+    # in a private mount namespace of its own, as world_init's
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", MOUNT_CHECK,
+                          str(tmp_path)], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT).stdout
+    lines = out.splitlines()
+    assert lines[0] == "cap 1048576"
+    assert lines[1] == "merged ['f', 'inside']"
+    assert lines[2] == "write EROFS"
+    assert lines[3].startswith("error [Errno 2] mount -t tmpfs -o size=1 tmpfs ") and "nowhere" in lines[3]
+    assert not os.listdir(tmp_path / "cap")      # the tmpfs held it, in no mount of the host's
