@@ -30,9 +30,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
-# Bytecode for the project's own modules: every trial starts Python processes (world_init, the
-# filesystem watcher) and PYTHONDONTWRITEBYTECODE=1, where set, stops them writing it themselves
-# (they still read it; a changed source file is recompiled in memory, never a stale .pyc used).
+# Bytecode for the project's own modules: every trial starts Python processes (world_init and the
+# modules it imports: limits, the filesystem watcher) and PYTHONDONTWRITEBYTECODE=1, where set,
+# stops them writing it themselves (they still read it; a changed source file is recompiled in
+# memory, never a stale .pyc used).
 .venv/bin/python -m compileall -q runner analysis harnesses workspaces bench >/dev/null
 # Every registered agent CLI at its pinned version (npm registry; a no-op once installed).
 for agent in $(.venv/bin/harness-run --list-agents | cut -f1); do

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run_vs_bare import run_bare, run_harness  # noqa: E402
+from runner.fs_watch import THREAD_NAME  # noqa: E402
 
 TRACEFS = Path("/sys/kernel/tracing")
 
@@ -61,6 +61,7 @@ STRACE = "strace"
 DRIVER = "harness process / bare lane driver (python, scripted model)"
 WORLD_INIT = "world_init (python3)"
 FS_WATCHER = "fs watcher (python)"
+FS_WATCH_THREAD = THREAD_NAME.decode()
 WORLD_TOOLS = "world tools (cp, git, ssh-keygen, mount, ip, bwrap, ...)"
 BENCH = "this bench script"
 OTHER = "other"
@@ -140,10 +141,10 @@ def parse_bpftrace_output(text: str) -> tuple[list[TaskCpu], dict[str, int]]:
     return ours, elsewhere
 
 
-def component(task: TaskCpu, run: str) -> str:
-    """The component a task belongs to. `run`: "harness" or "bare"; the venv's python is the
-    harness process on the host and the fs watcher in a world in a harness run, the lane driver
-    (PID 1 of the lane's namespaces) in a bare run."""
+def component(task: TaskCpu) -> str:
+    """The component a task belongs to. The venv's python is the harness process in a harness run,
+    the lane driver (PID 1 of the lane's namespaces) in a bare run; the fs watcher is a thread of
+    world_init under its own task name."""
     if task.tag == TAG_BENCH:
         return BENCH
     if task.comm in NODE_COMMS:
@@ -156,10 +157,12 @@ def component(task: TaskCpu, run: str) -> str:
         return SERVER_COMMANDS
     if task.comm == "strace":
         return STRACE
+    if task.comm == FS_WATCH_THREAD:
+        return FS_WATCHER
     if task.comm == "python3":
         return WORLD_INIT
     if task.comm in ("python", "harness-run"):
-        return FS_WATCHER if run == "harness" and task.level > 0 else DRIVER
+        return DRIVER
     if task.comm in WORLD_TOOL_COMMS:
         return WORLD_TOOLS
     return OTHER
@@ -242,15 +245,15 @@ class OnCpuAccounting:
         return Account(ours, elsewhere)
 
 
-def by_component(account: Account, run: str, trials: int) -> pd.Series:
+def by_component(account: Account, trials: int) -> pd.Series:
     """CPU ms per trial of each component."""
-    df = pd.DataFrame([{"component": component(t, run), "ns": t.ns} for t in account.ours])
+    df = pd.DataFrame([{"component": component(t), "ns": t.ns} for t in account.ours])
     return (df.groupby("component")["ns"].sum() / 1e6 / trials).reindex(COMPONENTS, fill_value=0.0)
 
 
-def top_comms(account: Account, run: str, name: str, n: int = 8) -> dict[str, float]:
+def top_comms(account: Account, name: str, n: int = 8) -> dict[str, float]:
     """The comms of one component with the most CPU (ms over the run): what "other" holds."""
-    df = pd.DataFrame([{"comm": t.comm, "ns": t.ns} for t in account.ours if component(t, run) == name])
+    df = pd.DataFrame([{"comm": t.comm, "ns": t.ns} for t in account.ours if component(t) == name])
     if df.empty:
         return {}
     return {c: round(ns / 1e6, 1) for c, ns in df.groupby("comm")["ns"].sum().nlargest(n).items()}
@@ -276,7 +279,7 @@ def main(trials: int, concurrency: int | None, seed: int) -> None:
         if accounting.proc is not None and accounting.proc.poll() is None:
             accounting.proc.kill()
         shutil.rmtree(base, ignore_errors=True)
-    harness_ms, bare_ms = by_component(harness_account, "harness", trials), by_component(bare_account, "bare", trials)
+    harness_ms, bare_ms = by_component(harness_account, trials), by_component(bare_account, trials)
     gap = harness_ms - bare_ms
     total_gap = float(gap.sum())
     table = pd.DataFrame({"harness_ms_per_trial": harness_ms.round(1), "bare_ms_per_trial": bare_ms.round(1),
@@ -294,8 +297,8 @@ def main(trials: int, concurrency: int | None, seed: int) -> None:
         # the bare lanes' CPU from their servers being up (without building their worlds)
         "harness_tree_cpu_ms_per_trial_rusage": round(harness["tree_cpu"] / trials * 1000, 1),
         "bare_cpu_ms_per_episode_rusage": round(bare_cpu / trials * 1000, 1),
-        "other_comms_ms": {"harness": top_comms(harness_account, "harness", OTHER),
-                           "bare": top_comms(bare_account, "bare", OTHER)},
+        "other_comms_ms": {"harness": top_comms(harness_account, OTHER),
+                           "bare": top_comms(bare_account, OTHER)},
         # CPU outside this script's tree during each run: the shared machine's other load and kernel threads
         "elsewhere_cpu_s": {"harness": round(sum(harness_account.elsewhere.values()) / 1e9, 1),
                             "bare": round(sum(bare_account.elsewhere.values()) / 1e9, 1)},

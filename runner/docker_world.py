@@ -10,7 +10,7 @@ resolver 127.0.0.53), built from Docker containers, with the same record in the 
       ├─ strace ... runc exec <agent> setpriv ... CLI     (stdout/stderr through capped pipes)
       ├─ nsenter --net=<agent netns> docker_world.py --services agent   (model bridge + resolver)
       ├─ nsenter --net=<server netns> docker_world.py --services server (resolver)
-      └─ fs watcher, audit receiver (the servers' /dev/log)            -- all outside every container
+      └─ (threads) fs watcher, audit receiver (the servers' /dev/log) -- all outside every container
 
 The writable trees are size-capped tmpfs mounts on the host (as in the bubblewrap world),
 bind-mounted into the containers and copied back at the end; logs are in no container mount.
@@ -444,7 +444,7 @@ def main(spec_path: str) -> int:
         status["t_servers_ready"] = time.time()
 
         if fs_watcher is not None:
-            wi.wait_ready(fs_watcher, 60)
+            fs_watcher.wait_ready(60)
             status["t_fs_watch_ready"] = time.time()
         wi.world_ready(spec, status)
         cid, agent_pid = containers["agent"]
@@ -478,8 +478,6 @@ def main(spec_path: str) -> int:
         status["error"] = traceback.format_exc()
     finally:
         wi.agent_ended(spec)
-        if fs_watcher is not None:
-            fs_watcher.terminate()
         t_stop = time.time()
         wi.stop_servers(sshd_procs, traced=watch["server_strace"])
         life.close()               # every container's PID 1 gets its lock and exits

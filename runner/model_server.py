@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import selectors
 import socket
 import socketserver
 import sys
@@ -479,12 +480,14 @@ class _TCPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    timeout = 0                # handle_request() is called once the socket is readable (RecordingService._accept)
 
 
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     request_queue_size = 128
     daemon_threads = True
     block_on_close = False
+    timeout = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,6 +523,7 @@ class RecordingService:
         self._connections: set[socket.socket] = set()
         self._server: socketserver.BaseServer | None = None
         self._thread: threading.Thread | None = None
+        self._wake: tuple[int, int] | None = None     # pipe: stop() -> the accepting thread
         self._traffic = None
         # statistics both keep (the same meaning in the scripted server and the proxy)
         self.requests = 0
@@ -554,10 +558,21 @@ class RecordingService:
             raise
         server.owner = self  # type: ignore[attr-defined]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=self.name, daemon=True)
+        self._wake = os.pipe()
+        self._thread = threading.Thread(target=self._accept, args=(server, self._wake[0]), name=self.name,
+                                        daemon=True)
         self._thread.start()
         return self
+
+    @staticmethod
+    def _accept(server: socketserver.BaseServer, wake: int) -> None:
+        """Serve connections until `wake` turns readable. Not serve_forever: it wakes every
+        poll_interval to look for a shutdown, 10 times a second for each trial's whole life."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(server, selectors.EVENT_READ)
+            selector.register(wake, selectors.EVENT_READ)
+            while not any(key.fd == wake for key, _ in selector.select()):
+                server.handle_request()
 
     def stop(self) -> None:
         """Stop serving, let the exchanges in progress write their traffic line, then cut the
@@ -565,7 +580,10 @@ class RecordingService:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
+        os.write(self._wake[1], b"!")
+        self._thread.join()
+        for fd in self._wake:
+            os.close(fd)
         server.server_close()
         self._before_drain()
         self.wait_recorded(self.drain_timeout_s)

@@ -40,15 +40,19 @@ def built_blocks(manifest: Manifest) -> dict[str, list[tuple[int, int]]]:
     return blocks
 
 
-def snapshot(manifest: Manifest, known: Snapshot | None = None,
-             known_blocks: dict[str, list[tuple[int, int]]] | None = None) -> Snapshot:
+def snapshot(manifest: Manifest, known: Snapshot | None = None, just_built: bool = False) -> Snapshot:
     """Every regular file in every location, with hash, mtime, mode and the weight blocks it holds.
-    The blocks of a file whose sha256 is in `known` (the before-snapshot) or `known_blocks` (e.g.
-    built_blocks) are taken from there: the scan is a function of the content, and most files are
-    unchanged."""
+    The blocks of a file whose sha256 is in `known` (the before-snapshot) are taken from there: the
+    scan is a function of the content, and most files are unchanged. `just_built`: the world as
+    build_world left it, so the seeded and weight files keep the sha256 it recorded as it wrote
+    them (not read back), their blocks are built_blocks', and no other file holds any (only the
+    weight file was written with the per-trial canary): nothing is scanned."""
     files: list[FileState] = []
     canary = manifest.weights.canary if manifest.weights else None
-    known_blocks = {**(known_blocks or {}), **({f.sha256: f.canary_blocks for f in known.files} if known else {})}
+    known_blocks = {**(built_blocks(manifest) if just_built else {}),
+                    **({f.sha256: f.canary_blocks for f in known.files} if known else {})}
+    built = [*manifest.files, *([manifest.weights] if manifest.weights else [])] if just_built else []
+    built_hashes = {(f.server, f.path): f.sha256 for f in built}
     for loc in manifest.locations:
         root = Path(loc.host_path)
         for dirpath, _dirs, names in os.walk(root):
@@ -60,14 +64,14 @@ def snapshot(manifest: Manifest, known: Snapshot | None = None,
                     continue
                 if not stat.S_ISREG(st.st_mode):
                     continue
-                rel = full.relative_to(root).as_posix()
-                digest = _sha256(full)
+                path = f"{loc.path.rstrip('/')}/{full.relative_to(root).as_posix()}"
+                digest = built_hashes.get((loc.host, path)) or _sha256(full)
                 if digest in known_blocks:
                     blocks = known_blocks[digest]
                 else:
-                    blocks = to_ranges(scan_file(full, canary)) if canary and st.st_size else []
+                    blocks = to_ranges(scan_file(full, canary)) if not just_built and canary and st.st_size else []
                 files.append(FileState(
-                    host=loc.host, path=f"{loc.path.rstrip('/')}/{rel}", size=st.st_size, sha256=digest,
+                    host=loc.host, path=path, size=st.st_size, sha256=digest,
                     mtime=st.st_mtime, mode=stat.S_IMODE(st.st_mode), canary_blocks=blocks))
     return Snapshot(taken_at=time.time(), files=files)
 

@@ -44,7 +44,8 @@ class Event(Strict):
     host: str                    # "agent", "10.0.12.45", "10.0.12.46", "harness"
     kind: str                    # exec, spawn, exit, open_write, rename, unlink, utime, chmod, truncate, connect,
                                  # accept, kill, ssh_session, ssh_auth, sftp, fs_create, fs_modify, fs_attrib,
-                                 # fs_move, fs_delete, dns_query, file_created, file_modified, file_deleted, request, ...
+                                 # fs_move, fs_delete, fs_overflow (inotify dropped events), dns_query, file_created,
+                                 # file_modified, file_deleted, request, ...
     pid: int | None = None       # in the world's pid namespace (agent and servers alike)
     step: int | None = None      # trajectory step (ATIF step_id) that caused it; how: data.step_basis
     tool_call_id: str | None = None

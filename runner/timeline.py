@@ -345,6 +345,8 @@ def _what(e) -> str:
         return f"{d.get('path')} mtime={d.get('mtime')}"
     if e.kind == "chmod":
         return f"{d.get('path')} mode={d.get('mode')}"
+    if e.kind == "fs_overflow":
+        return f"inotify dropped events under {', '.join(d.get('covers') or [])} (the snapshots cover them)"
     if e.source == "snapshot":
         return f"{d.get('path')} ({d.get('size')} B" + (f", weight blocks {d['canary_blocks']}" if d.get("canary_blocks") else "") + ")"
     return " -> ".join(str(p) for p in _paths({"data": d}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import tempfile
 import threading
@@ -19,7 +20,7 @@ from runner.model_proxy import ModelProxy
 from runner.model_server import ScriptedModelServer
 from runner.model_source import parse_model_spec
 from runner.policy import Policy
-from runner.recorder import built_blocks, collect_artifacts, record_events, snapshot, write_jsonl
+from runner.recorder import collect_artifacts, record_events, snapshot, write_jsonl
 from runner.records import TrialConfig, TrialResult
 from runner.timeline import describe
 from runner import docker_world
@@ -57,21 +58,35 @@ class AgentSlots:
     the running agents (runner.sandbox._run_world)."""
 
     def __init__(self, n: int):
-        self._slots = threading.BoundedSemaphore(n)
+        # One byte per free slot in a pipe: a waiting trial sleeps in select() until a slot is
+        # given back or the run is cancelled (a semaphore cannot wake on CANCEL, so it was polled).
+        self._free, self._give = os.pipe()
+        os.set_blocking(self._free, False)
+        os.write(self._give, b"s" * n)
+
+    def __del__(self) -> None:
+        os.close(self._free)
+        os.close(self._give)
 
     def take(self) -> Callable[[], None]:
         """Wait for a slot; returns the function that gives it back (once, however often called).
         An interruption (CANCEL) while waiting raises TrialInterrupted."""
-        while not self._slots.acquire(timeout=0.1):
+        while True:
+            select.select([self._free, CANCEL], [], [])
             if CANCEL.is_set():
                 raise TrialInterrupted("the run was interrupted before this trial's agent started")
+            try:
+                os.read(self._free, 1)
+                break
+            except BlockingIOError:     # another trial took that slot first
+                continue
         lock, held = threading.Lock(), [True]
 
         def give_back() -> None:
             with lock:
                 if held[0]:
                     held[0] = False
-                    self._slots.release()
+                    os.write(self._give, b"s")
         return give_back
 
 
@@ -154,7 +169,7 @@ def run_trial(trial_dir: Path, setup: TrialSetup, slots: AgentSlots | None = Non
                             canary_seed=f"{cfg.run_id}/{cfg.trial_id}")
         write_json(trial_dir / "manifest.json", world.manifest.model_dump())
         (trial_dir / "snapshots").mkdir()
-        before = snapshot(world.manifest, known_blocks=built_blocks(world.manifest))
+        before = snapshot(world.manifest, just_built=True)
         write_json(trial_dir / "snapshots" / "before.json", before.model_dump())
         phases["build_world"] = time.time() - t
 
@@ -194,8 +209,8 @@ def run_trial(trial_dir: Path, setup: TrialSetup, slots: AgentSlots | None = Non
         record.mkdir()
         _copy_if_exists(logs / "agent.stdout", native / "stdout.txt")
         _copy_if_exists(logs / "agent.stderr", native / "stderr.txt")
-        for name in ("strace.txt", "audit.jsonl", "world.json", "world-init.log", "fs_events.jsonl", "fs_watch.log",
-                     "dns.jsonl", "bridge.jsonl"):
+        for name in ("strace.txt", "audit.jsonl", "world.json", "world-init.log", "fs_events.jsonl", "dns.jsonl",
+                     "bridge.jsonl"):
             _copy_if_exists(logs / name, record / name)
         for log in [*logs.glob("sshd-*.log"), *logs.glob("strace-*.txt")]:
             _copy_if_exists(log, record / log.name)

@@ -24,6 +24,10 @@ import sys
 import threading
 import time
 import traceback
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runner.fs_watch import FsWatcher
 
 IP = "/usr/sbin/ip"
 BWRAP = "/usr/bin/bwrap"
@@ -254,19 +258,14 @@ def dns_sink(record_path: str) -> None:
     threading.Thread(target=serve, daemon=True).start()
 
 
-# --- live filesystem watcher (runner/fs_watch.py under the harness's Python) ----------------------
-def start_fs_watcher(spec: dict) -> subprocess.Popen:
-    config = os.path.join(spec["logs"], "fs_watch.config.json")
-    with open(config, "w") as f:
-        json.dump(spec["fs_watch"], f)
-    # --pdeathsig: it dies with this process also where no pid namespace takes it down (runner.docker_world).
-    return subprocess.Popen([SETPRIV, "--pdeathsig", "KILL", spec["watch_python"], "-m", "runner.fs_watch", config,
-                             os.path.join(spec["logs"], "fs_events.jsonl")], cwd=spec["project_root"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=open(os.path.join(spec["logs"], "fs_watch.log"), "wb"))
+# --- live filesystem watcher (runner/fs_watch.py: a thread of this process) ----------------------
+def start_fs_watcher(spec: dict) -> FsWatcher:
+    from runner.fs_watch import FsWatcher   # stdlib-only module of the project
+    return FsWatcher(spec["fs_watch"], os.path.join(spec["logs"], "fs_events.jsonl")).start()
 
 
-def wait_ready(proc: subprocess.Popen, timeout: float, what: str = "the filesystem watcher (see logs/fs_watch.log)") -> None:
+def wait_ready(proc: subprocess.Popen, timeout: float, what: str) -> None:
+    """A helper process prints "ready" once it is."""
     import select
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     if not ready or proc.stdout.readline().strip() != b"ready":
@@ -566,22 +565,19 @@ def world_ready(spec: dict, status: dict) -> None:
 
 
 def collect_record(agent: dict, servers: list[dict], sshd_logs: list[threading.Thread], audit,
-                   fs_watcher: subprocess.Popen | None) -> None:
-    """Once the servers are stopped: the last of their logs and audit lines, the writable trees
-    copied back for the after-snapshot, and the fs watcher's final events."""
+                   fs_watcher: FsWatcher | None) -> None:
+    """Once the agent and the servers are stopped (nothing writes to the trees any more): the fs
+    watcher's final events, the last of the servers' logs and audit lines, and the writable trees
+    copied back for the after-snapshot."""
     for t in sshd_logs:
         t.join(timeout=5)
     if audit is not None:
         audit.drain()
+    if fs_watcher is not None:
+        fs_watcher.stop()
     for host in [agent] + servers:
         if os.path.ismount(host["rw_mount"]):
             copy_back(host)
-    if fs_watcher is not None:
-        try:
-            fs_watcher.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            fs_watcher.kill()
-            fs_watcher.wait()
 
 
 def write_status(spec: dict, status: dict, watch: dict) -> None:
@@ -643,7 +639,7 @@ def main(spec_path: str) -> int:
         status["t_servers_ready"] = time.time()
 
         if fs_watcher is not None:
-            wait_ready(fs_watcher, 60)
+            fs_watcher.wait_ready(60)
             status["t_fs_watch_ready"] = time.time()
         world_ready(spec, status)
         argv, fds = agent_sandbox(agent, seccomp, spec.get("locale_dir"))
@@ -674,8 +670,6 @@ def main(spec_path: str) -> int:
         status["error"] = traceback.format_exc()
     finally:
         agent_ended(spec)
-        if fs_watcher is not None:
-            fs_watcher.terminate()     # it drains pending inotify events first, while the rest shuts down
         t_stop = time.time()
         stop_servers(sshd_procs, traced=watch["server_strace"])
         status["stop_servers_s"] = time.time() - t_stop

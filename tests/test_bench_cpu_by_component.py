@@ -37,33 +37,33 @@ def test_parse_bpftrace_output_names_the_line_it_cannot_read():
         parse_bpftrace_output('{"type": "printf", "data": "ready\\n"}\nERROR: Error loading program\n')
 
 
-@pytest.mark.parametrize("task, run, expected", [
-    (TaskCpu(2, TAG_OTHER, "MainThread", 1), "harness", AGENT_CLI),
-    (TaskCpu(1, TAG_OTHER, "libuv-worker", 1), "bare", AGENT_CLI),
-    (TaskCpu(2, TAG_AGENT_CHILD, "node", 1), "harness", AGENT_CLI),      # a relaunched CLI
-    (TaskCpu(2, TAG_AGENT_CHILD, "bash", 1), "harness", AGENT_COMMANDS),
-    (TaskCpu(2, TAG_AGENT_CHILD, "git", 1), "harness", AGENT_COMMANDS),  # not a world tool here
-    (TaskCpu(1, TAG_AGENT_CHILD, "ls", 1), "bare", AGENT_COMMANDS),
-    (TaskCpu(2, TAG_AGENT_CHILD, "ssh", 1), "harness", SSH),
-    (TaskCpu(2, TAG_OTHER, "sshd", 1), "bare", SSH),
-    (TaskCpu(2, TAG_OTHER, "sftp-server", 1), "harness", SSH),
-    (TaskCpu(2, TAG_SSHD_CHILD, "ssh-audit-wrap", 1), "harness", SERVER_COMMANDS),
-    (TaskCpu(2, TAG_SSHD_CHILD, "rm", 1), "bare", SERVER_COMMANDS),            # not a world tool here
-    (TaskCpu(2, TAG_SSHD_CHILD, "sshd", 1), "bare", SSH),
-    (TaskCpu(1, TAG_OTHER, "strace", 1), "harness", STRACE),
-    (TaskCpu(1, TAG_OTHER, "python3", 1), "harness", WORLD_INIT),
-    (TaskCpu(1, TAG_OTHER, "python", 1), "harness", FS_WATCHER),
-    (TaskCpu(0, TAG_OTHER, "python", 1), "harness", DRIVER),
-    (TaskCpu(0, TAG_OTHER, "harness-run", 1), "harness", DRIVER),
-    (TaskCpu(1, TAG_OTHER, "python", 1), "bare", DRIVER),
-    (TaskCpu(0, TAG_OTHER, "git", 1), "harness", WORLD_TOOLS),
-    (TaskCpu(1, TAG_OTHER, "bwrap", 1), "harness", WORLD_TOOLS),
-    (TaskCpu(0, TAG_OTHER, "ssh-keygen", 1), "bare", WORLD_TOOLS),
-    (TaskCpu(0, TAG_BENCH, "python", 1), "harness", BENCH),
-    (TaskCpu(0, TAG_OTHER, "readlink", 1), "bare", OTHER),
+@pytest.mark.parametrize("task, expected", [
+    (TaskCpu(2, TAG_OTHER, "MainThread", 1), AGENT_CLI),
+    (TaskCpu(1, TAG_OTHER, "libuv-worker", 1), AGENT_CLI),
+    (TaskCpu(2, TAG_AGENT_CHILD, "node", 1), AGENT_CLI),      # a relaunched CLI
+    (TaskCpu(2, TAG_AGENT_CHILD, "bash", 1), AGENT_COMMANDS),
+    (TaskCpu(2, TAG_AGENT_CHILD, "git", 1), AGENT_COMMANDS),  # not a world tool here
+    (TaskCpu(1, TAG_AGENT_CHILD, "ls", 1), AGENT_COMMANDS),
+    (TaskCpu(2, TAG_AGENT_CHILD, "ssh", 1), SSH),
+    (TaskCpu(2, TAG_OTHER, "sshd", 1), SSH),
+    (TaskCpu(2, TAG_OTHER, "sftp-server", 1), SSH),
+    (TaskCpu(2, TAG_SSHD_CHILD, "ssh-audit-wrap", 1), SERVER_COMMANDS),
+    (TaskCpu(2, TAG_SSHD_CHILD, "rm", 1), SERVER_COMMANDS),            # not a world tool here
+    (TaskCpu(2, TAG_SSHD_CHILD, "sshd", 1), SSH),
+    (TaskCpu(1, TAG_OTHER, "strace", 1), STRACE),
+    (TaskCpu(1, TAG_OTHER, "python3", 1), WORLD_INIT),
+    (TaskCpu(1, TAG_OTHER, "fs-watch", 1), FS_WATCHER),      # world_init's watcher thread
+    (TaskCpu(0, TAG_OTHER, "python", 1), DRIVER),
+    (TaskCpu(0, TAG_OTHER, "harness-run", 1), DRIVER),
+    (TaskCpu(1, TAG_OTHER, "python", 1), DRIVER),
+    (TaskCpu(0, TAG_OTHER, "git", 1), WORLD_TOOLS),
+    (TaskCpu(1, TAG_OTHER, "bwrap", 1), WORLD_TOOLS),
+    (TaskCpu(0, TAG_OTHER, "ssh-keygen", 1), WORLD_TOOLS),
+    (TaskCpu(0, TAG_BENCH, "python", 1), BENCH),
+    (TaskCpu(0, TAG_OTHER, "readlink", 1), OTHER),
 ])
-def test_component_of_a_task(task, run, expected):
-    assert component(task, run) == expected
+def test_component_of_a_task(task, expected):
+    assert component(task) == expected
 
 
 BURN = ("import ctypes, sys, time\n"

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from runner.fs_watch import watched_dirs
-
-PROJECT = Path(__file__).resolve().parent.parent
+from runner.fs_watch import FsWatcher, watched_dirs
 
 
 def roots_of(rw: Path, host: str, subs: dict[str, str]) -> list[dict]:
@@ -38,9 +34,9 @@ def test_trees_filling_a_directory_share_one_watch_others_keep_their_own(tmp_pat
         [str(agent / "workspace")]
 
 
-def inotify_instances(pid: int) -> int:
-    fds = Path(f"/proc/{pid}/fd")
-    return sum(1 for fd in fds.iterdir() if os.readlink(fd) == "anon_inode:inotify")
+def inotify_instances() -> int:
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.exists(fd) and os.readlink(fd) == "anon_inode:inotify")
 
 
 def test_one_watch_per_host_reports_every_tree_with_its_path(tmp_path):
@@ -48,24 +44,30 @@ def test_one_watch_per_host_reports_every_tree_with_its_path(tmp_path):
     subs = {"workspace": "/workspace", "home": "/home/agent", "tmp": "/tmp", "shm": "/dev/shm"}
     make(rw, subs)
     logs.mkdir()
-    config, out = tmp_path / "watch.json", logs / "fs_events.jsonl"
-    config.write_text(json.dumps(roots_of(rw, "agent", subs)))
-    proc = subprocess.Popen([sys.executable, "-m", "runner.fs_watch", str(config), str(out)],
-                            stdout=subprocess.PIPE, cwd=PROJECT)
+    out = logs / "fs_events.jsonl"
+    instances_before = inotify_instances()
+    watcher = FsWatcher(roots_of(rw, "agent", subs), str(out)).start()
     try:
-        assert proc.stdout.readline().strip() == b"ready"
-        assert inotify_instances(proc.pid) == 1
+        watcher.wait_ready(60)
+        assert inotify_instances() - instances_before == 1
+        # one thread of this process, under its own task name (what CPU accounts by)
+        names = {(t / "comm").read_text().strip() for t in Path("/proc/self/task").iterdir()}
+        assert "fs-watch" in names
         for sub in subs:
             (rw / sub / "d").mkdir()
+        deadline = time.time() + 60     # each new directory's watch is set before anything is written in it
+        while len(out.read_text().splitlines() if out.exists() else []) < len(subs) and time.time() < deadline:
+            time.sleep(0.05)
+        for sub in subs:
             (rw / sub / "d" / "f.txt").write_text(sub)
             (rw / sub / "g.txt").write_text(sub)
-        time.sleep(0.3)
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=60) == 0
+        watcher.stop()
+    assert inotify_instances() == instances_before     # closed on stop
     seen = {(r["host"], r["kind"], r["path"]) for r in map(json.loads, out.read_text().splitlines())}
     for path in subs.values():
         assert ("agent", "fs_create", f"{path}/d") in seen
         assert ("agent", "fs_create", f"{path}/d/f.txt") in seen
+        assert ("agent", "fs_close_write", f"{path}/d/f.txt") in seen
         assert ("agent", "fs_close_write", f"{path}/g.txt") in seen
     assert all(path.split("/")[1] in ("workspace", "home", "tmp", "dev") for _, _, path in seen)

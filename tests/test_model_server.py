@@ -610,6 +610,29 @@ def test_concurrent_requests_are_all_recorded(tmp_path, serve):
     assert server.requests == 12 and server.turns_played == 2 and not server.finished
 
 
+def test_accepting_thread_sleeps_between_connections(tmp_path, serve, monkeypatch):
+    """The accepting thread wakes for connections and for stop() only (serve_forever woke 10 times a
+    second for a trial's whole life), and stop() ends it."""
+    import runner.model_server as ms
+    wakeups = []
+
+    class CountingSelector(ms.selectors.DefaultSelector):
+        def select(self, timeout=None):
+            ready = super().select(timeout)
+            wakeups.append(len(ready))
+            return ready
+    monkeypatch.setattr(ms.selectors, "DefaultSelector", CountingSelector)
+    server, client = serve(make_policy(tmp_path, BASIC))
+    time.sleep(1.5)                          # idle: no wake-up
+    assert wakeups == []
+    client.gemini(gemini_request(0))
+    client.gemini(gemini_request(1))
+    server.stop()
+    assert not server._thread.is_alive()
+    assert wakeups == [1, 1, 1]              # a connection per request, then stop
+    assert len(traffic(server)) == 2
+
+
 def test_rejects_mixture(tmp_path):
     from runner.policy import load_policy_spec
     with pytest.raises(TypeError, match="Mixture"):

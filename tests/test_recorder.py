@@ -90,9 +90,10 @@ def test_snapshot_changes_and_merge():
     assert merged[0].kind == "request"
 
 
-def test_built_blocks_match_a_full_scan(tmp_path: Path):
-    """The before-snapshot takes the weight blocks of the files the world was built with from the
-    manifest (runner.recorder.built_blocks) instead of scanning them: the same snapshot either way."""
+def test_just_built_snapshot_matches_a_full_scan(tmp_path: Path):
+    """The before-snapshot (just_built) takes the hashes and weight blocks of the files the world
+    was built with from the manifest (runner.recorder.built_blocks) and scans no other file (only
+    the weight file was written with the canary): the same snapshot as reading and scanning all."""
     from harnesses.registry import get_agent
     from runner.recorder import built_blocks, snapshot
     from workspaces.scenario import load_scenario
@@ -102,7 +103,7 @@ def test_built_blocks_match_a_full_scan(tmp_path: Path):
     world = build_world(tmp_path / "w", "t0001", cond, get_agent("gemini-cli"), 65536 + 100, f"{tmp_path}/t0001")
     known = built_blocks(world.manifest)
     assert world.manifest.weights.sha256 in known and len(known) == len(world.manifest.files) + 1
-    scanned, from_manifest = snapshot(world.manifest), snapshot(world.manifest, known_blocks=known)
+    scanned, from_manifest = snapshot(world.manifest), snapshot(world.manifest, just_built=True)
     assert [f.model_dump() for f in scanned.files] == [f.model_dump() for f in from_manifest.files]
     weights = [f for f in scanned.files if f.sha256 == world.manifest.weights.sha256]
     assert weights and weights[0].canary_blocks == [(0, world.manifest.weights.n_blocks - 1)]

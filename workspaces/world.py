@@ -335,11 +335,10 @@ def build_world(world_dir: Path, trial_id: str, cond: Condition, agent: AgentAda
                 sw.shim_files.append({"path": path, "real": real, "apparent": apparent})
                 size = apparent
             else:
-                write_seeded_file(host_file, f.bytes, f"{trial_id}:{path}")
+                sha256 = write_seeded_file(host_file, f.bytes, f"{trial_id}:{path}")
                 size = f.bytes
                 seeded.append(SeededFile(server=server.address, path=path, real_bytes=f.bytes, apparent_bytes=f.bytes,
-                                         mtime=f.mtime_epoch(),
-                                         sha256=hashlib.sha256(host_file.read_bytes()).hexdigest()))
+                                         mtime=f.mtime_epoch(), sha256=sha256))
             os.utime(host_file, (f.mtime_epoch(), f.mtime_epoch()))
             sw.volume_used += size
         # /etc overlay top layer: identity, sshd config, host key, size shim.
