@@ -11,6 +11,7 @@ and every program behaves as before.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -31,6 +32,7 @@ def _host_key() -> str:
     return h.hexdigest()[:16]
 
 
+@functools.cache    # once per process: every world build asks, and the host's locales do not change in a run
 def sandbox_locale_dir(cache_dir: Path) -> Path | None:
     """The directory to bind over the sandboxes' /usr/lib/locale, built once per host locale set;
     None when there is nothing to gain (the host has an archive already, no compiled locales, or no
