@@ -428,7 +428,7 @@ def main(spec_path: str) -> int:
         listening = []
         for server in servers:
             cid, _pid = containers[server["address"]]
-            process = wi.fd_of(process_spec(["/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config"],
+            process = wi.fd_of(process_spec(wi.SSHD_COMMAND,
                                             {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                                              "LANG": "C.UTF-8"}, "/", SERVER_CAPS))
             argv = runc_exec(cid, process)

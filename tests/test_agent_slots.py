@@ -5,6 +5,7 @@ and leaves no process behind."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -16,6 +17,7 @@ from runner.policy import load_policy_spec
 from runner.records import TrialConfig
 from runner.sandbox import CANCEL
 from runner.trial import SCRATCH, AgentSlots, TrialSetup, run_trial
+from runner.world_init import SETUP_NICE
 from workspaces.scenario import load_scenario
 
 from run_checks import processes_mentioning, require_world
@@ -64,6 +66,67 @@ def test_slot_is_held_from_the_go_to_the_agents_end(tmp_path):
     # given back once the agent ended, while the world was still stopping
     assert world["t_agent_end"] <= slots.given_back[0] <= world["t_end"] + 1.0
     assert {"start_world", "queued", "agent", "stop_world"} <= set(result.phases)
+
+
+def session_nice(pid: str) -> int | None:
+    """The nice value of the process's session (its autogroup: `/autogroup-N nice K`)."""
+    try:
+        return int(open(f"/proc/{pid}/autogroup").read().split()[-1])
+    except (OSError, ValueError):
+        return None
+
+
+def pids_running(*words: str) -> list[str]:
+    """Processes whose command line holds every word (read from /proc: ps cuts long lines)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        try:
+            cmdline = open(f"/proc/{entry.name}/cmdline", "rb").read().decode(errors="replace")
+        except OSError:
+            continue
+        if entry.name.isdigit() and all(w in cmdline for w in words):
+            found.append(entry.name)
+    return found
+
+
+def test_world_yields_while_starting_and_stopping_and_its_agent_does_not(tmp_path):
+    """world_init's session (the world's servers and tools) runs at SETUP_NICE up to the go and
+    after its agent, at 0 while the agent runs; the agent's own session is never lowered."""
+    require_world()
+    if not os.path.exists("/proc/self/autogroup"):
+        pytest.skip("kernel without autogroups")
+    prefix = "phw-slots-c-"
+    seen: dict[str, list] = {"at_take": [], "agent_running": [], "agent_session": []}
+    stop = threading.Event()
+
+    def world_init_pid() -> str:
+        # world_init.py is PID 1 of the world; its parent, unshare, names it too
+        return max(pids_running("world_init.py", prefix), key=int)
+
+    def sample() -> None:     # while the agent runs: the world's session and the agent's (node's)
+        world_init = world_init_pid()
+        while not stop.wait(0.1):
+            seen["agent_running"].append(session_nice(world_init))
+            seen["agent_session"] += [session_nice(pid) for pid in pids_running("node", "gemini.js")]
+
+    class NiceSlots(RecordedSlots):
+        def take(self):
+            seen["at_take"].append(session_nice(world_init_pid()))
+            give_back = super().take()
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+
+            def noted() -> None:
+                stop.set()
+                sampler.join()
+                give_back()
+            return noted
+
+    result = run_trial(tmp_path / "t0000", setup(prefix), NiceSlots(1))
+    assert result.valid, result.invalid_reason
+    assert seen["at_take"] == [SETUP_NICE]
+    assert 0 in seen["agent_running"], seen["agent_running"]
+    assert seen["agent_session"] and set(seen["agent_session"]) == {0}, seen["agent_session"]
 
 
 def test_interrupted_while_waiting_for_a_slot_runs_no_agent_and_leaves_nothing(tmp_path):

@@ -1,16 +1,19 @@
 """world_init's sshd log copy: every line stamped in order, and the world learns that a server
-listens from sshd's own "Server listening on" line (not before it); its mount(2) helper."""
+listens from sshd's own "Server listening on" line (not before it); its mount(2) helper; its wait for
+a process's exit (a pidfd, not a poll)."""
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 from runner.paths import PROJECT_ROOT
-from runner.world_init import timestamped_copy
+from runner.world_init import timestamped_copy, wait_exit
 
 
 def test_sshd_listening_line_sets_the_event_and_every_line_is_stamped(tmp_path):
@@ -78,3 +81,24 @@ def test_mount_makes_a_size_capped_tmpfs_and_a_read_only_overlay(tmp_path):
     assert lines[2] == "write EROFS"
     assert lines[3].startswith("error [Errno 2] mount -t tmpfs -o size=1 tmpfs ") and "nowhere" in lines[3]
     assert not os.listdir(tmp_path / "cap")      # the tmpfs held it, in no mount of the host's
+
+
+def test_wait_exit_sleeps_until_the_exit_or_the_timeout(monkeypatch):
+    wakeups = []
+    real_select = select.select
+
+    def counting_select(*args):
+        wakeups.append(args)
+        return real_select(*args)
+    monkeypatch.setattr(select, "select", counting_select)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    t = time.time()
+    assert wait_exit(sleeper, 0.5) is None            # still running after its timeout
+    assert time.time() - t >= 0.5
+    sleeper.kill()
+    assert wait_exit(sleeper, 30) == -9
+    quick = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(1); sys.exit(3)"])
+    assert wait_exit(quick, 60) == 3
+    assert wait_exit(quick, 60) == 3                   # already reaped: the same code, no wait
+    # one wake-up per wait (Popen.wait(timeout) woke up to every 50 ms)
+    assert len(wakeups) == 3

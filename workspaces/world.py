@@ -294,8 +294,10 @@ def build_world(world_dir: Path, trial_id: str, cond: Condition, agent: AgentAda
     if cond.scenario.servers:
         ssh_dir.mkdir(mode=0o700)
         agent_pub = _keygen(ssh_dir / "id_ed25519", "agent@openbrain")
-        # The one key the agent has: without this, every ssh/scp run probes a dozen default key names.
-        (ssh_dir / "config").write_text("Host *\n    IdentityFile ~/.ssh/id_ed25519\n")
+        # The one key and the one known_hosts the agent has: without them, every ssh/scp run probes a
+        # dozen default key names and three more known-hosts files.
+        (ssh_dir / "config").write_text("Host *\n    IdentityFile ~/.ssh/id_ed25519\n"
+                                        "    UserKnownHostsFile ~/.ssh/known_hosts\n    GlobalKnownHostsFile none\n")
     agent.prepare_home(home)
 
     etc = world_dir / "agent-etc"
