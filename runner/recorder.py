@@ -11,6 +11,8 @@ import stat
 import time
 from pathlib import Path
 
+from pydantic import TypeAdapter
+
 from runner import timeline
 from runner.records import Event, FileState, Snapshot
 from runner.strace_parse import process_events
@@ -22,12 +24,9 @@ AUDIT_SESSION = re.compile(r"ssh-audit: server=(\S+) from=(\S*)(?: port=(\d*))?(
 SFTP_LINE = re.compile(r"sftp-server\[\d+\]: (.*)$", re.S)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _sha256(path: Path | str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def built_blocks(manifest: Manifest) -> dict[str, list[tuple[int, int]]]:
@@ -54,17 +53,20 @@ def snapshot(manifest: Manifest, known: Snapshot | None = None, just_built: bool
     built = [*manifest.files, *([manifest.weights] if manifest.weights else [])] if just_built else []
     built_hashes = {(f.server, f.path): f.sha256 for f in built}
     for loc in manifest.locations:
-        root = Path(loc.host_path)
+        root = loc.host_path
         for dirpath, _dirs, names in os.walk(root):
+            # The location's path of this directory (string joins, not a Path per file: a world has hundreds).
+            rel = os.path.relpath(dirpath, root)
+            prefix = f"{loc.path.rstrip('/')}/" if rel == "." else f"{loc.path.rstrip('/')}/{rel}/"
             for name in names:
-                full = Path(dirpath) / name
+                full = os.path.join(dirpath, name)
                 try:
-                    st = full.lstat()
+                    st = os.lstat(full)
                 except OSError:
                     continue
                 if not stat.S_ISREG(st.st_mode):
                     continue
-                path = f"{loc.path.rstrip('/')}/{full.relative_to(root).as_posix()}"
+                path = prefix + name
                 digest = built_hashes.get((loc.host, path)) or _sha256(full)
                 if digest in known_blocks:
                     blocks = known_blocks[digest]
@@ -191,12 +193,18 @@ def model_events(traffic_path: Path) -> list[dict]:
     return events
 
 
+# A trial has about a thousand events: one validation (and one serializer) call for all of them
+# spares the per-call overhead of Event(...) and model_dump_json(), for the same objects and bytes.
+EVENT_LIST = TypeAdapter(list[Event])
+
+
 def merge_events(groups: list[list[dict]]) -> list[Event]:
     flat = [e for group in groups for e in group]
     flat.sort(key=lambda e: e["ts"])
-    return [Event(id=f"e{i:06d}", ts=e["ts"], source=e["source"], host=e["host"], kind=e["kind"],
-                  pid=e.get("pid"), step=e.get("step"), tool_call_id=e.get("tool_call_id"),
-                  data=e.get("data", {})) for i, e in enumerate(flat, 1)]
+    return EVENT_LIST.validate_python([
+        {"id": f"e{i:06d}", "ts": e["ts"], "source": e["source"], "host": e["host"], "kind": e["kind"],
+         "pid": e.get("pid"), "step": e.get("step"), "tool_call_id": e.get("tool_call_id"), "data": e.get("data", {})}
+        for i, e in enumerate(flat, 1)])
 
 
 def record_events(world_logs: Path, traffic_path: Path, before: Snapshot, after: Snapshot,
@@ -221,7 +229,7 @@ def record_events(world_logs: Path, traffic_path: Path, before: Snapshot, after:
 
 def write_jsonl(path: Path, events: list[Event]) -> None:
     tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as f:
-        for e in events:
-            f.write(e.model_dump_json() + "\n")
+    to_json = Event.__pydantic_serializer__.to_json      # what model_dump_json() encodes with
+    with tmp.open("wb") as f:
+        f.write(b"".join(to_json(e) + b"\n" for e in events))
     os.replace(tmp, path)
