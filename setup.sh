@@ -9,15 +9,26 @@ PKGS=(bubblewrap openssh-server openssh-client strace iproute2 util-linux bsduti
       zip xxd zstd xz-utils openssl   # tools the validation suite's agents use on the servers
       docker.io                       # --sandbox docker (dockerd, runc)
       bpftrace)                       # for bench/cpu_by_component.py
+# To build the eBPF syscall recorder (runner/ebpf). Best effort: without them (Ubuntu ships bpftool in
+# linux-tools) the recorder is not built and runs record system calls with strace.
+BPF_PKGS=(clang libbpf-dev libelf-dev zlib1g-dev bpftool make)
 missing=()
+missing_bpf=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "Installing Debian packages: ${missing[*]}"
+for p in "${BPF_PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing_bpf+=("$p"); done
+if [ ${#missing[@]} -gt 0 ] || [ ${#missing_bpf[@]} -gt 0 ]; then
+  echo "Installing Debian packages: ${missing[*]} ${missing_bpf[*]}"
   # openssh-server must not leave its system service running: the worlds start their own sshd.
   guard=0
   if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; guard=1; fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  if [ ${#missing_bpf[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing_bpf[@]}" >/dev/null \
+      || echo "Could not install ${missing_bpf[*]}: the eBPF syscall recorder will not be built"
+  fi
   [ "$guard" = 1 ] && rm -f /usr/sbin/policy-rc.d
 fi
 if pgrep -x sshd >/dev/null 2>&1 && [ -e /etc/init.d/ssh ]; then
@@ -30,6 +41,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+# The eBPF syscall recorder, built against this kernel's BTF. Without it (no BTF, or the build
+# fails) runs record system calls with strace, as before: not a reason to stop the setup.
+mkdir -p runner/ebpf/build
+if [ ! -e /sys/kernel/btf/vmlinux ]; then
+  echo "No kernel BTF (/sys/kernel/btf/vmlinux): eBPF syscall recorder not built; runs will record with strace instead"
+elif ! make -s -C runner/ebpf >runner/ebpf/build/make.log 2>&1; then
+  echo "eBPF syscall recorder build failed (runner/ebpf/build/make.log): runs will record with strace instead"
+fi
 # Bytecode for the project's own modules: every trial starts Python processes (world_init and the
 # modules it imports: limits, the filesystem watcher) and PYTHONDONTWRITEBYTECODE=1, where set,
 # stops them writing it themselves (they still read it; a changed source file is recompiled in

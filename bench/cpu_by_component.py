@@ -58,6 +58,10 @@ AGENT_COMMANDS = "agent's commands (shells, tools)"
 SSH = "ssh, sshd, sftp-server"
 SERVER_COMMANDS = "commands on the servers (audit wrapper, logger, shells)"
 STRACE = "strace"
+# The run's eBPF recorder (its task name cut to 15 characters); its programs run in the kernel on the
+# traced tasks' own time, so they count towards those tasks.
+SYSCALL_RECORDER = "eBPF syscall recorder (loader, userspace)"
+SYSCALL_RECORDER_COMM = "syscall-recorder"[:15]
 DRIVER = "harness process / bare lane driver (python, scripted model)"
 WORLD_INIT = "world_init (python3)"
 FS_WATCHER = "fs watcher (python)"
@@ -65,8 +69,8 @@ FS_WATCH_THREAD = THREAD_NAME.decode()
 WORLD_TOOLS = "world tools (cp, git, ssh-keygen, mount, ip, bwrap, ...)"
 BENCH = "this bench script"
 OTHER = "other"
-COMPONENTS = [AGENT_CLI, AGENT_COMMANDS, SSH, SERVER_COMMANDS, STRACE, DRIVER, WORLD_INIT, FS_WATCHER, WORLD_TOOLS,
-              OTHER, BENCH]
+COMPONENTS = [AGENT_CLI, AGENT_COMMANDS, SSH, SERVER_COMMANDS, STRACE, SYSCALL_RECORDER, DRIVER, WORLD_INIT,
+              FS_WATCHER, WORLD_TOOLS, OTHER, BENCH]
 
 
 def bpftrace_program() -> str:
@@ -157,6 +161,8 @@ def component(task: TaskCpu) -> str:
         return SERVER_COMMANDS
     if task.comm == "strace":
         return STRACE
+    if task.comm == SYSCALL_RECORDER_COMM:
+        return SYSCALL_RECORDER
     if task.comm == FS_WATCH_THREAD:
         return FS_WATCHER
     if task.comm == "python3":

@@ -31,6 +31,7 @@ from runner.run_store import (
     new_world_prefix, plan_trials, version_differences)
 from runner import docker_world
 from runner.sandbox import missing_prerequisites, probe_world_namespaces
+from runner.syscall_recorder import SYSCALL_RECORDERS, RecorderError, SyscallRecorder
 from runner.trial import SCRATCH, write_json
 from workspaces.scenario import ScenarioError, check_cell, load_scenario
 
@@ -182,6 +183,21 @@ def summary_meta(info: dict) -> dict:
     return meta
 
 
+def start_syscall_recorder(run_dir: Path, info: RunInfo) -> SyscallRecorder | None:
+    """The run's eBPF recorder for bwrap worlds (None: each world records its agent with strace).
+    `auto` falls back to strace, saying why; `ebpf` insists."""
+    if info.sandbox != "bwrap" or info.syscall_recorder == "strace":
+        return None
+    try:
+        return SyscallRecorder(log_path=run_dir / "syscall-recorder.log")
+    except RecorderError as exc:
+        if info.syscall_recorder == "ebpf":
+            fail(f"--syscall-recorder ebpf: {exc}; no trial was run (--syscall-recorder strace records "
+                 "with strace instead)")
+        console.print(f"[yellow]recording system calls with strace:[/] the eBPF recorder is unavailable ({exc})")
+        return None
+
+
 def _run(run_dir: Path, info: RunInfo, res: Resources, finished: set[str], keep_world: bool,
          concurrency: int | None, backend: Backend) -> None:
     plan = plan_trials(info.cells)
@@ -202,8 +218,13 @@ def _run(run_dir: Path, info: RunInfo, res: Resources, finished: set[str], keep_
             finally:
                 ray_backend.ray.shutdown()
         else:
-            wall = execute(run_dir, todo, lambda planned: trial_setup(planned, info, res, keep_world),
-                           concurrency or os.cpu_count() or 1, finished_dirs, title, console)
+            recorder = start_syscall_recorder(run_dir, info)
+            try:
+                wall = execute(run_dir, todo, lambda planned: trial_setup(planned, info, res, keep_world, recorder),
+                               concurrency or os.cpu_count() or 1, finished_dirs, title, console)
+            finally:
+                if recorder is not None:
+                    recorder.stop()
     except KeyboardInterrupt:
         done = len(finished_trials(run_dir))
         console.print(f"[red]interrupted[/]: running worlds were killed; {done} of {len(plan)} trials are "
@@ -320,12 +341,15 @@ def _list_agents(ctx: click.Context, _param, value: bool) -> None:
 @click.option("--sandbox", type=click.Choice(["bwrap", "docker"]), default="bwrap", show_default=True,
               help="What each world is built from: bubblewrap sandboxes, or Docker containers (needs a running "
                    "dockerd and the world image: --sandbox docker --install).")
+@click.option("--syscall-recorder", type=click.Choice(["auto", *SYSCALL_RECORDERS]), default="auto", show_default=True,
+              help="What records the agent's system calls in bwrap worlds: the run's eBPF recorder (ebpf; "
+                   "setup.sh builds it), strace in each world, or ebpf when it loads and strace otherwise.")
 @click.option("--allow-version-mismatch", is_flag=True,
               help="With --resume: continue although versions differ from run.json (recorded there).")
 @click.pass_context
 def harness_run(ctx, agent_name, scenario, relationship, channel, subject, model, trials, out, seed, timeout_s,
                 keep_world, check, family, weights_bytes, concurrency, install, monitoring, grid_path, resume_dir,
-                backend, address, sandbox, allow_version_mismatch):
+                backend, address, sandbox, syscall_recorder, allow_version_mismatch):
     """Run trials of a real agent CLI in recorded worlds and report behaviour rates."""
     if address is not None and backend != "ray":
         fail("--address only applies with --backend ray")
@@ -418,7 +442,8 @@ def harness_run(ctx, agent_name, scenario, relationship, channel, subject, model
                    seed=seed, timeout_s=timeout_s, weights_bytes=weights_bytes, fixture_hashes=pins["fixture_hashes"],
                    grid=grid_record, agent_versions=pins["agent_versions"], cells=infos,
                    skipped_cells=[SkippedCellInfo(**s.model_dump()) for s in skipped],
-                   n_trials=sum(c.trials for c in infos), world_prefix=new_world_prefix(), sandbox=sandbox)
+                   n_trials=sum(c.trials for c in infos), world_prefix=new_world_prefix(), sandbox=sandbox,
+                   syscall_recorder=syscall_recorder)
     create_run_dir(run_dir, info)
     try:
         with RunLock(run_dir):

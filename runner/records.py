@@ -91,6 +91,10 @@ class TrialResult(Strict):
     model_is_scripted: bool = True
     # runner.limits: mode ("cgroup-v1", "cgroup-v2" or "rlimit", with the reason) and the limits applied
     resource_limits: dict[str, Any] | None = None
+    # What recorded the agent's system calls: "ebpf" (the run's recorder) or "strace" (one per trial);
+    # for ebpf, its counts (records, lost, lines, processes). None: not recorded (watcher off).
+    syscall_recorder: str | None = None
+    syscall_records: dict[str, Any] | None = None
 
 
 class CellInfo(Strict):
@@ -148,4 +152,7 @@ class RunInfo(Strict):
     n_trials: int = 0
     world_prefix: str = "phw-"   # the run's world directories are SCRATCH/<world_prefix><trial>-*
     sandbox: Literal["bwrap", "docker"] = "bwrap"   # --sandbox: what the worlds are built from
+    # --syscall-recorder: what records the agents' system calls in bwrap worlds run on this machine
+    # (runs from before the option recorded with strace); each trial's result.json says what did.
+    syscall_recorder: Literal["auto", "ebpf", "strace"] = "strace"
     resumes: list[ResumeInfo] = []

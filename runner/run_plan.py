@@ -12,6 +12,7 @@ from runner.model_source import ModelSource, parse_model_spec, source_problems
 from runner.policy import Mixture, Policy, load_policy_spec
 from runner.records import CellInfo, RunInfo, TrialConfig
 from runner.run_store import PlannedTrial
+from runner.syscall_recorder import SyscallRecorder
 from runner.trial import TrialSetup
 from workspaces.scenario import Scenario, load_scenario
 from workspaces.world import Condition, condition_fixtures, hash_fixtures
@@ -81,7 +82,8 @@ def version_pins(cells: list[CellInfo], res: Resources) -> dict:
             "fixture_hashes": dict(sorted(fixtures.items()))}
 
 
-def trial_setup(planned: PlannedTrial, info: RunInfo, res: Resources, keep_world: bool) -> TrialSetup:
+def trial_setup(planned: PlannedTrial, info: RunInfo, res: Resources, keep_world: bool,
+                syscall_recorder: SyscallRecorder | None = None) -> TrialSetup:
     """The trial's config and inputs; its policy is drawn from (run seed, trial index)."""
     cell = planned.cell
     spec = res.specs[(cell.model, cell.scenario)]
@@ -94,4 +96,5 @@ def trial_setup(planned: PlannedTrial, info: RunInfo, res: Resources, keep_world
                       channel=cell.channel, subject=cell.subject, monitoring=cell.monitoring, cell=cell.id,
                       family=cell.family, model=cell.model, model_is_scripted=cell.model.startswith("scripted:"),
                       policy=policy.name if policy else None, seed=info.seed, timeout_s=info.timeout_s, weights_bytes=info.weights_bytes)
-    return TrialSetup(cfg, res.scenarios[cell.scenario], agent, policy, keep_world, info.world_prefix, info.sandbox)
+    return TrialSetup(cfg, res.scenarios[cell.scenario], agent, policy, keep_world, info.world_prefix, info.sandbox,
+                      syscall_recorder)

@@ -19,6 +19,7 @@ from harnesses.base import AgentAdapter, AgentPaths, node_bin_dir
 from harnesses.registry import SANDBOX_AGENT_DIR, SANDBOX_NODE_DIR
 from runner.limits import Limits, create_trial_cgroup, remove_trial_cgroup
 from runner.paths import PROJECT_ROOT
+from runner.syscall_recorder import AgentFollower
 from workspaces.world import AGENT_ADDRESS, AGENT_UID, AGENT_WRITABLE, SERVER_WRITABLE, SIZE_SHIM_PROGRAMS, BuiltWorld
 
 MODEL_PORT = 8000
@@ -114,22 +115,24 @@ def world_spec(world: BuiltWorld, agent: AgentAdapter, model_name: str, model_so
 AgentSlot = Callable[[], Callable[[], None]]
 
 
-def launch_world(spec: dict, world_dir: Path, timeout_s: float, agent_slot: AgentSlot | None = None) -> WorldOutcome:
+def launch_world(spec: dict, world_dir: Path, timeout_s: float, agent_slot: AgentSlot | None = None,
+                 follower: AgentFollower | None = None) -> WorldOutcome:
     """Run the world to completion (blocking). Call from a thread that lives until it returns.
     `agent_slot`: taken (from this thread) once the world is up and before its agent starts, given
     back as soon as the agent has ended, while the world is still stopping its servers and copying
-    its trees back (or when the world ends early)."""
+    its trees back (or when the world ends early). `follower`: the agent's system calls are recorded
+    by the run's eBPF recorder (else by strace in the world)."""
     limits = Limits()
     cgroup = create_trial_cgroup(world_dir.name, limits)   # named after the world: a resume finds leftovers
     spec = {**spec, "limits": {"values": asdict(limits), "cgroup": cgroup.to_json()}}
     try:
-        return _run_world(spec, world_dir, timeout_s, agent_slot)
+        return _run_world(spec, world_dir, timeout_s, agent_slot, follower=follower)
     finally:
         remove_trial_cgroup(cgroup)
 
 
 def _run_world(spec: dict, world_dir: Path, timeout_s: float, agent_slot: AgentSlot | None,
-               launcher: list[str] | None = None) -> WorldOutcome:
+               launcher: list[str] | None = None, follower: AgentFollower | None = None) -> WorldOutcome:
     """`launcher`: the command the world's spec.json is given to (default: world_init.py as PID 1 of
     new namespaces; runner.docker_world passes its own). The launcher follows world_init's protocol:
     "ready" on `to_harness_fd` once the world is up, then it waits for a byte on `agent_go_fd`
@@ -137,6 +140,10 @@ def _run_world(spec: dict, world_dir: Path, timeout_s: float, agent_slot: AgentS
     news_read, news_write = os.pipe()     # world -> harness: "ready", then "done"
     go_read, go_write = os.pipe()
     spec = {**spec, "to_harness_fd": news_write, "agent_go_fd": go_read}
+    world_fds = [news_write, go_read]
+    if follower is not None:
+        spec["recorder_fd"] = follower.fd_for_world()
+        world_fds.append(spec["recorder_fd"])
     spec_path = world_dir / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
     logs = Path(spec["logs"])
@@ -147,11 +154,14 @@ def _run_world(spec: dict, world_dir: Path, timeout_s: float, agent_slot: AgentS
     with open(logs / "world-init.log", "wb") as out:
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
-                                    pass_fds=[news_write, go_read])
+                                    pass_fds=world_fds)
         finally:
             os.close(news_write)
             os.close(go_read)
+            if follower is not None:
+                follower.world_started()
         killed, said, agent_done = False, b"", False
+        follower_asks = follower is not None
         # world_init enforces the agent's limit itself; this margin covers setup (until the go) and
         # then stopping and copying back. Waiting for an agent slot has no limit of its own.
         deadline = time.time() + timeout_s + 120
@@ -167,7 +177,12 @@ def _run_world(spec: dict, world_dir: Path, timeout_s: float, agent_slot: AgentS
                     killed = True
                     break
                 waiting = [exited, CANCEL] if agent_done else [exited, CANCEL, news_read]
-                if news_read not in select.select(waiting, [], [], max(0.0, deadline - time.time()))[0]:
+                if follower_asks:
+                    waiting.append(follower)
+                readable = select.select(waiting, [], [], max(0.0, deadline - time.time()))[0]
+                if follower in readable:
+                    follower_asks = follower.answer()
+                if news_read not in readable:
                     continue
                 message = os.read(news_read, 64)
                 said += message

@@ -24,9 +24,11 @@ from runner.recorder import collect_artifacts, record_events, snapshot, write_js
 from runner.records import TrialConfig, TrialResult
 from runner.timeline import describe
 from runner import docker_world
-from runner.sandbox import CANCEL, launch_world, world_spec
+from runner.sandbox import CANCEL, AgentSlot, WorldOutcome, launch_world, world_spec
+from runner.syscall_recorder import RECORDS_FILE, AgentFollower, RecorderError, SyscallRecorder
+from runner.syscall_records import records_to_strace
 from workspaces.scenario import Scenario
-from workspaces.world import Condition, build_world, remove_world
+from workspaces.world import BuiltWorld, Condition, build_world, remove_world
 
 SCRATCH = Path(os.environ.get("PEER_HARNESS_SCRATCH", "/var/tmp"))
 AGENT_CAP_BYTES = 1 << 30
@@ -49,6 +51,8 @@ class TrialSetup:
     keep_world: bool = False
     world_prefix: str = "phw-"     # the run's prefix, so a resume can find and remove its leftover worlds
     sandbox: str = "bwrap"         # "bwrap" (runner.sandbox) or "docker" (runner.docker_world)
+    # The run's eBPF recorder for the agent's system calls (bwrap worlds); None: strace in the world.
+    syscall_recorder: SyscallRecorder | None = None
 
 
 class AgentSlots:
@@ -106,6 +110,11 @@ def judge_validity(world_status: dict, server: ScriptedModelServer | ModelProxy,
     every tool result came back (for a real model: see proxied_validity)."""
     if world_status.get("limit_hit"):     # cut off by a resource limit (runner.limits), whatever else happened
         return False, "resource limit: " + "; ".join(world_status["limit_hit"])
+    recorded = world_status.get("syscall_records", {})
+    if "error" in recorded:
+        return False, "syscall recorder failed: " + recorded["error"]
+    if recorded.get("lost"):
+        return False, f"the syscall recorder lost {recorded['lost']} record(s) while this trial ran"
     if "error" in world_status:
         return False, "world failed: " + world_status["error"].strip().splitlines()[-1]
     if world_status.get("timed_out"):
@@ -151,6 +160,27 @@ def proxied_validity(proxy: ModelProxy, agent: AgentAdapter, error: str | None,
     return True, None
 
 
+def launch_recorded_world(spec: dict, world: BuiltWorld, recorder: SyscallRecorder, cfg: TrialConfig,
+                          slot: AgentSlot | None) -> WorldOutcome:
+    """A bwrap world whose agent the run's eBPF recorder follows; once the world has ended, its
+    records become logs/strace.txt (what strace in the world would have written) and the world's
+    status says how many there were and whether the recorder lost any."""
+    logs = world.dir / "logs"
+    follower = AgentFollower(recorder, cfg.trial_id, logs / RECORDS_FILE)
+    try:
+        outcome = launch_world(spec, world.dir.parent, cfg.timeout_s, agent_slot=slot, follower=follower)
+    finally:
+        try:
+            counts = follower.finish()
+        except RecorderError as exc:
+            counts = {"error": str(exc)}
+    if counts is not None:
+        if "error" not in counts:
+            counts.update(records_to_strace(logs / RECORDS_FILE, logs / "strace.txt").model_dump())
+        outcome.status["syscall_records"] = counts
+    return outcome
+
+
 def run_trial(trial_dir: Path, setup: TrialSetup, slots: AgentSlots | None = None) -> TrialResult:
     """`slots`: run the agent only while holding an agent slot (time its started world spends
     waiting for one is the `queued` phase); without, the agent starts as soon as its world is up."""
@@ -186,8 +216,13 @@ def run_trial(trial_dir: Path, setup: TrialSetup, slots: AgentSlots | None = Non
         server.start()
         spec = world_spec(world, agent, model_name,
                           world_root / "model.sock", cfg.timeout_s, AGENT_CAP_BYTES, SERVER_CAP_BYTES)
-        launch = docker_world.launch_world if setup.sandbox == "docker" else launch_world
-        outcome = launch(spec, world_root, cfg.timeout_s, agent_slot=slots.take if slots is not None else None)
+        slot = slots.take if slots is not None else None
+        if setup.sandbox == "docker":
+            outcome = docker_world.launch_world(spec, world_root, cfg.timeout_s, agent_slot=slot)
+        elif setup.syscall_recorder is None:
+            outcome = launch_world(spec, world_root, cfg.timeout_s, agent_slot=slot)
+        else:
+            outcome = launch_recorded_world(spec, world, setup.syscall_recorder, cfg, slot)
         server.stop()
         world_status = outcome.status
         ws = world_status
@@ -252,7 +287,8 @@ def run_trial(trial_dir: Path, setup: TrialSetup, slots: AgentSlots | None = Non
         turns_played=server.turns_played if isinstance(server, ScriptedModelServer) else 0,
         turns_total=len(setup.policy.turns) if setup.policy else 0, tool_results_seen=server.tool_results_seen if server else 0,
         memory_reached_model=bool(server and server.memory_seen), model_is_scripted=cfg.model_is_scripted,
-        resource_limits=world_status.get("limits"))
+        resource_limits=world_status.get("limits"), syscall_recorder=world_status.get("syscall_recorder"),
+        syscall_records=world_status.get("syscall_records"))
     write_json(trial_dir / "result.json", result.model_dump())
     t = time.time()
     write_verdicts(trial_dir)      # an invalid trial (even one without a world) gets null verdicts

@@ -5,8 +5,8 @@ every process of the world and the network and mount namespaces vanish with it.
 It sets up the network (lo, a port-less bridge with the agent's and servers' addresses),
 size-capped tmpfs copies of every writable tree, the servers' read-only /etc overlays, the audit
 receiver (servers' /dev/log), the bridge from 127.0.0.1:PORT to the host model server's unix
-socket, one real sshd per server under bubblewrap, and finally the agent under bubblewrap and
-strace. When the agent ends (or times out) it stops the servers, copies the writable trees back
+socket, one real sshd per server under bubblewrap, and finally the agent under bubblewrap, its
+system calls recorded by the run's eBPF recorder (runner.syscall_recorder) or by strace. When the agent ends (or times out) it stops the servers, copies the writable trees back
 to the host so the recorder can snapshot them, and writes `logs/world.json`.
 
 Usage: world_init.py SPEC_JSON
@@ -403,6 +403,38 @@ def agent_sandbox(agent: dict, seccomp: bytes, locale_dir: str | None) -> tuple[
     return bwrap_with_args(options, drop_privileges(agent["uid"]) + agent["command"], seccomp)
 
 
+# The agent's process parks here until the run's syscall recorder follows it (runner.syscall_recorder):
+# it says it is parked on stdin (a socket), waits for the word to go, then execs the sandbox with
+# stdin from /dev/null. Its earlier steps (joining the trial's cgroup, this shell) are not recorded.
+AGENT_GATE = ["/bin/sh", "-c", 'echo >&0; read -r _; exec "$@" </dev/null', "gate"]
+
+
+def start_followed_agent(argv: list[str], fds: list[int], recorder_fd: int) -> subprocess.Popen:
+    """Start `argv` (ending in AGENT_GATE + the sandbox), have the recorder follow it, then let it go."""
+    world_end, agent_end = socket.socketpair()
+    try:
+        proc = subprocess.Popen(argv, pass_fds=fds, stdin=agent_end, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    finally:
+        agent_end.close()
+    with world_end, socket.socket(fileno=recorder_fd) as harness:
+        world_end.settimeout(60)
+        harness.settimeout(60)
+        if not world_end.recv(1):
+            raise RuntimeError(f"the agent's process ended before it was followed (exit {proc.wait()})")
+        # The kernel checks and translates the pid we vouch for (our child's, in this pid namespace).
+        harness.sendmsg([b"follow"], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS,
+                                       struct.pack("iII", proc.pid, os.getuid(), os.getgid()))])
+        reply = harness.recv(4096)
+        if reply != b"ok":
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise RuntimeError("the syscall recorder could not follow the agent: "
+                               + (reply.decode(errors="replace") or "the harness closed the socket"))
+        world_end.sendall(b"\n")
+    return proc
+
+
 def drop_privileges(uid: int) -> list[str]:
     """The agent's command runs after this: its own uid, no groups, no capabilities, no new privileges."""
     return [SETPRIV, "--reuid", str(uid), "--regid", str(uid), "--clear-groups", "--inh-caps=-all",
@@ -674,11 +706,17 @@ def main(spec_path: str) -> int:
         world_ready(spec, status)
         set_session_nice(0)
         argv, fds = agent_sandbox(agent, seccomp, spec.get("locale_dir"))
-        if watch["agent_strace"]:
+        recorder_fd = spec.get("recorder_fd") if watch["agent_strace"] else None
+        if watch["agent_strace"] and recorder_fd is None:
             argv = strace_argv(os.path.join(logs, "strace.txt")) + argv
+        if watch["agent_strace"]:
+            status["syscall_recorder"] = "strace" if recorder_fd is None else "ebpf"
         status["t_agent_start"] = time.time()
-        proc = subprocess.Popen(join_argv(cgroup, limits, argv), pass_fds=fds, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        if recorder_fd is not None:
+            proc = start_followed_agent(join_argv(cgroup, limits, AGENT_GATE + argv), fds, recorder_fd)
+        else:
+            proc = subprocess.Popen(join_argv(cgroup, limits, argv), pass_fds=fds, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         for fd in fds:
             os.close(fd)
         kill = lambda: kill_sandbox(proc)  # noqa: E731
