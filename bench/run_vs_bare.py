@@ -19,8 +19,8 @@ CLI's own time; not the same episodes).
 
 Prints and writes to bench/results/run_vs_bare.json: both wall times and their ratio; the
 per-trial harness overhead: on the critical path (median time a trial holds one of the run's
-`concurrency` agent slots, from its started world's go to its agent's end, minus the median bare
-episode; building and starting worlds, stopping them, collecting and analyzing run beside the
+`concurrency` agent slots, from its started world's go to its agent's end as world_init stamps them
+in record/world.json, minus the median bare episode; building and starting worlds, stopping them, collecting and analyzing run beside the
 other trials' agents), as latency (median trial time without waiting for a slot, minus the median
 bare episode) and at run level ((harness wall - bare wall) x concurrency / N); per-phase medians
 of the harness trials (result.json phases) and the median time per trial and per bare episode in
@@ -353,14 +353,16 @@ def main(trials: int, concurrency: int | None, seed: int, bare_without_servers: 
         rows = []
         for result in sorted((run_dir / "trials").glob("*/result.json")):
             r = json.loads(result.read_text())
+            world = json.loads((result.parent / "record" / "world.json").read_text())
             rows.append({**r["phases"], "total": r["ended_at"] - r["started_at"], "valid": r["valid"],
-                         "ssh_sessions": ssh_session_seconds(result.parent / "record")})
+                         "ssh_sessions": ssh_session_seconds(result.parent / "record"),
+                         # The agent slot (runner.trial.AgentSlots) is held from the go to the agent's end;
+                         # everything else a trial does runs beside other trials' agents.
+                         "slot": world["t_agent_end"] - world["t_go"]})
         df = pd.DataFrame(rows).fillna({"queued": 0.0})
-        phases = [c for c in df.columns if c not in ("valid", "ssh_sessions")]
+        phases = [c for c in df.columns if c not in ("valid", "ssh_sessions", "slot")]
         latency = df["total"] - df["queued"]
-        # What a trial does outside its agent slot (runner.trial.AgentSlots) is off the critical path.
-        slot = latency - df[[p for p in ("build_world", "start_world", "stop_world", "collect", "analyze")
-                             if p in df]].sum(axis=1)
+        slot = df["slot"]
         harness_trial = float(latency.median())
         bare_episode = statistics.median(e["seconds"] for e in episodes)
         figures = {

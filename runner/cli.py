@@ -410,6 +410,13 @@ def harness_run(ctx, agent_name, scenario, relationship, channel, subject, model
         if problems:
             sys.exit(1)
         console.print(f"[green]OK[/] preflight passed for {agent_name} {agent.version} ({sandbox} worlds)")
+        if sandbox == "bwrap":
+            try:
+                SyscallRecorder().stop()
+                console.print("[green]OK[/] the eBPF syscall recorder loads (--syscall-recorder auto uses it)")
+            except RecorderError as exc:
+                console.print(f"[yellow]note[/] system calls will be recorded with strace: the eBPF recorder "
+                              f"is unavailable ({exc})")
         return
     if run_dir.exists():
         fail(f"{run_dir} already exists; to finish an interrupted run use `harness-run --resume {run_dir}`, "

@@ -91,8 +91,9 @@ class TrialResult(Strict):
     model_is_scripted: bool = True
     # runner.limits: mode ("cgroup-v1", "cgroup-v2" or "rlimit", with the reason) and the limits applied
     resource_limits: dict[str, Any] | None = None
-    # What recorded the agent's system calls: "ebpf" (the run's recorder) or "strace" (one per trial);
-    # for ebpf, its counts (records, lost, lines, processes). None: not recorded (watcher off).
+    # What recorded the system calls of the agent and the servers: "ebpf" (the run's recorder) or
+    # "strace" (in the world); for ebpf, per followed name ("agent", each server's address) its
+    # counts (records, lost, lines, processes). None: not recorded (watchers off).
     syscall_recorder: str | None = None
     syscall_records: dict[str, Any] | None = None
 

@@ -19,7 +19,7 @@ from harnesses.base import AgentAdapter, AgentPaths, node_bin_dir
 from harnesses.registry import SANDBOX_AGENT_DIR, SANDBOX_NODE_DIR
 from runner.limits import Limits, create_trial_cgroup, remove_trial_cgroup
 from runner.paths import PROJECT_ROOT
-from runner.syscall_recorder import AgentFollower
+from runner.syscall_recorder import WorldFollower
 from workspaces.world import AGENT_ADDRESS, AGENT_UID, AGENT_WRITABLE, SERVER_WRITABLE, SIZE_SHIM_PROGRAMS, BuiltWorld
 
 MODEL_PORT = 8000
@@ -55,6 +55,10 @@ class CancelFlag(threading.Event):
 # sessions, so the terminal's SIGINT never reaches them directly).
 CANCEL = CancelFlag()
 SYSTEM_PYTHON = "/usr/bin/python3"
+# world_init imported, not run as a script (a script is compiled at every start: ~10 ms of CPU per
+# trial; the module's bytecode is cached), without site (standard library and this project only).
+WORLD_INIT = [SYSTEM_PYTHON, "-S", "-c", f"import sys; sys.path.insert(0, {str(PROJECT_ROOT)!r}); "
+              "from runner.world_init import main; sys.exit(main(sys.argv[1]))"]
 WATCHERS = ("fs", "agent_strace", "server_strace")
 # Internal switch for bench/watchers_overhead.py (not a user-facing option): comma-separated watchers to turn off.
 WATCHERS_OFF_ENV = "PEER_HARNESS_WATCHERS_OFF"
@@ -116,12 +120,12 @@ AgentSlot = Callable[[], Callable[[], None]]
 
 
 def launch_world(spec: dict, world_dir: Path, timeout_s: float, agent_slot: AgentSlot | None = None,
-                 follower: AgentFollower | None = None) -> WorldOutcome:
+                 follower: WorldFollower | None = None) -> WorldOutcome:
     """Run the world to completion (blocking). Call from a thread that lives until it returns.
     `agent_slot`: taken (from this thread) once the world is up and before its agent starts, given
     back as soon as the agent has ended, while the world is still stopping its servers and copying
-    its trees back (or when the world ends early). `follower`: the agent's system calls are recorded
-    by the run's eBPF recorder (else by strace in the world)."""
+    its trees back (or when the world ends early). `follower`: the system calls of the agent and the
+    servers are recorded by the run's eBPF recorder (else by strace in the world)."""
     limits = Limits()
     cgroup = create_trial_cgroup(world_dir.name, limits)   # named after the world: a resume finds leftovers
     spec = {**spec, "limits": {"values": asdict(limits), "cgroup": cgroup.to_json()}}
@@ -132,7 +136,7 @@ def launch_world(spec: dict, world_dir: Path, timeout_s: float, agent_slot: Agen
 
 
 def _run_world(spec: dict, world_dir: Path, timeout_s: float, agent_slot: AgentSlot | None,
-               launcher: list[str] | None = None, follower: AgentFollower | None = None) -> WorldOutcome:
+               launcher: list[str] | None = None, follower: WorldFollower | None = None) -> WorldOutcome:
     """`launcher`: the command the world's spec.json is given to (default: world_init.py as PID 1 of
     new namespaces; runner.docker_world passes its own). The launcher follows world_init's protocol:
     "ready" on `to_harness_fd` once the world is up, then it waits for a byte on `agent_go_fd`
@@ -148,8 +152,7 @@ def _run_world(spec: dict, world_dir: Path, timeout_s: float, agent_slot: AgentS
     spec_path.write_text(json.dumps(spec, indent=1))
     logs = Path(spec["logs"])
     argv = (launcher or ["/usr/bin/setpriv", "--pdeathsig", "KILL", "/usr/bin/unshare", "--net", "--pid", "--fork",
-                         "--kill-child", "--mount-proc", SYSTEM_PYTHON,
-                         str(PROJECT_ROOT / "runner" / "world_init.py")]) + [str(spec_path)]
+                         "--kill-child", "--mount-proc", *WORLD_INIT]) + [str(spec_path)]
     give_back: Callable[[], None] = lambda: None
     with open(logs / "world-init.log", "wb") as out:
         try:

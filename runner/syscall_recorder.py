@@ -3,13 +3,14 @@ on the host, outside every world, recording the agents' system calls in place of
 trial (strace stops the traced process at each recorded call; the recorder's programs run in the
 kernel at syscall exit and never stop it).
 
-A world asks for its agent to be followed before the agent's sandbox starts: world_init parks the
-agent's process at a gate, sends its pid over a unix socket (the kernel translates the pid from the
-world's pid namespace into the harness's, SCM_CREDENTIALS), and opens the gate once the recorder
-has said it follows that pid; from then on every process the agent starts is followed too. When
-the world has ended the trial closes its tag: the recorder drains what the kernel has committed,
-closes the trial's record file and says how many records it wrote and whether any were lost.
-runner.syscall_records then writes the strace-format text the parser reads (logs/strace.txt).
+A world asks for its agent and each of its servers to be followed before their sandboxes start:
+world_init parks the process at a gate, sends its pid over a unix socket (the kernel translates the
+pid from the world's pid namespace into the harness's, SCM_CREDENTIALS), and opens the gate once
+the recorder has said it follows that pid; from then on every process it starts is followed too.
+When the world has ended the trial closes its tags: the recorder drains what the kernel has
+committed, closes each record file and says how many records it wrote and whether any were lost.
+runner.syscall_records then writes the strace-format text the parser reads (logs/strace.txt for
+the agent, logs/strace-ADDRESS.txt for a server).
 
 Control protocol (stdin / one reply line on stdout each): `add PID TAG FILE` -> `ok add TAG`;
 `close TAG` -> `ok close TAG records=N lost=M`; errors -> `err ...`."""
@@ -28,7 +29,8 @@ from pathlib import Path
 from runner.paths import PROJECT_ROOT
 
 RECORDER_BINARY = PROJECT_ROOT / "runner" / "ebpf" / "build" / "syscall-recorder"
-RECORDS_FILE = "syscalls.jsonl"      # in the world's logs/, next to the strace-format text made from it
+# What a world may ask to have followed: "agent" or a server's address.
+FOLLOWED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
 START_TIMEOUT_S = 30                 # loading and verifying the programs takes 0.2-0.4 s of CPU
 REPLY_TIMEOUT_S = 30
 SYSCALL_RECORDERS = ("ebpf", "strace")
@@ -114,17 +116,19 @@ class SyscallRecorder:
             self._log.close()
 
 
-class AgentFollower:
-    """One trial's side of the handshake: the harness end of the socket world_init sends its
-    agent's pid on (`fd_for_world` goes into the world's spec), and the trial's tag."""
+class WorldFollower:
+    """One trial's side of the handshake: the harness end of the socket world_init asks on (the
+    other end goes into the world's spec), and the trial's tag. The world asks `follow NAME` for
+    its agent ("agent") and each server (its address); NAME's records go to `syscalls-NAME.jsonl`
+    in the world's logs."""
 
-    def __init__(self, recorder: SyscallRecorder, tag: str, records_path: Path) -> None:
-        self.recorder, self.tag, self.records_path = recorder, tag, records_path
+    def __init__(self, recorder: SyscallRecorder, trial_tag: str, logs: Path) -> None:
+        self.recorder, self.trial_tag, self.logs = recorder, trial_tag, logs
         self._harness_end, self._world_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # Credentials the world attaches are translated into this process's pid namespace.
         self._harness_end.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.followed = False
         self._world_end_open = True
+        self.followed: dict[str, Path] = {}      # name -> its records file
 
     def fd_for_world(self) -> int:
         return self._world_end.fileno()
@@ -139,24 +143,33 @@ class AgentFollower:
 
     def answer(self) -> bool:
         """Handle the world's request (the socket is readable); False once the world closed its end."""
-        data, ancillary, _flags, _addr = self._harness_end.recvmsg(64, socket.CMSG_SPACE(struct.calcsize("iII")))
+        data, ancillary, _flags, _addr = self._harness_end.recvmsg(256, socket.CMSG_SPACE(struct.calcsize("iII")))
         if not data:
             return False
         pid = next((struct.unpack("iII", d[:12])[0] for level, kind, d in ancillary
                     if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), None)
+        verb, _, name = data.decode(errors="replace").partition(" ")
         try:
-            if data != b"follow" or pid is None:
+            if verb != "follow" or not FOLLOWED_NAME.fullmatch(name) or name in self.followed or pid is None:
                 raise RecorderError(f"unexpected request from the world: {data!r}")
-            self.recorder.follow(pid, self.tag, self.records_path)
-            self.followed = True
+            path = self.logs / f"syscalls-{name}.jsonl"
+            self.recorder.follow(pid, f"{self.trial_tag}.{name}", path)
+            self.followed[name] = path
             self._harness_end.send(b"ok")
         except RecorderError as exc:
             self._harness_end.send(f"error: {exc}".encode()[:4000])
         return True
 
-    def finish(self) -> dict | None:
-        """After the world has ended: the tag's counts, or None if the agent was never followed."""
+    def finish(self) -> dict[str, dict]:
+        """After the world has ended: each followed name's counts ({"records": N, "lost": M}), or
+        {"error": ...} where the recorder failed."""
         self._harness_end.close()
         if self._world_end_open:     # the world never started
             self.world_started()
-        return self.recorder.close(self.tag) if self.followed else None
+        counts = {}
+        for name in self.followed:
+            try:
+                counts[name] = self.recorder.close(f"{self.trial_tag}.{name}")
+            except RecorderError as exc:
+                counts[name] = {"error": str(exc)}
+        return counts

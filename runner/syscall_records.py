@@ -6,13 +6,13 @@ A record file holds one tag's records (one trial's process tree). Record types: 
 call; for execve only its result), `exec_enter` (execve's filename and argv, read at entry),
 `fork` (a child's pids in every pid namespace), `exit`, `sigsys` (a seccomp trap), and the
 recorder's own `lost` / `stats` (running totals of records the ring buffer dropped). Strings are
-byte strings written as JSON code points 0-255 (latin-1). Timestamps are realtime ns written as
-`seconds.nanoseconds` numbers: read as text, a float would lose the last digits.
+byte strings written as JSON code points 0-255 (latin-1). Timestamps are realtime ns, JSON integers
+(exact; seconds as a float would lose the last digits). Each line is parsed and validated in one
+pass by pydantic-core.
 """
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import time
@@ -20,26 +20,14 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Callable, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 # --- the record format ----------------------------------------------------------------------------
 
 
-def _ns_from_text(value: object) -> int:
-    """`1795453435.013329544` (kept as text by RECORD_JSON) -> integer ns."""
-    sec, dot, frac = value.partition(".") if isinstance(value, str) else ("", "", "")
-    if not (sec.isdigit() and dot and frac.isdigit()):
-        raise ValueError(f"not a timestamp (seconds.nanoseconds): {value!r}")
-    return int(sec) * 1_000_000_000 + int((frac + "000000000")[:9])
-
-
-def _check_bytes(value: str) -> str:
-    value.encode("latin-1")     # UnicodeEncodeError (a ValueError) above U+00FF: not a byte string
-    return value
-
-
-TimestampNs = Annotated[int, BeforeValidator(_ns_from_text)]
-ByteText = Annotated[str, AfterValidator(_check_bytes)]     # bytes as code points 0-255
+TimestampNs = Annotated[int, Field(strict=True, ge=0)]      # realtime ns
+# Bytes as code points 0-255 (checked in pydantic-core: a Python validator per string cost ~3 us).
+ByteText = Annotated[str, Field(pattern=r"^[\x00-\xff]*$")]
 Endpoint = tuple[str, int]          # (address, port) as the loader prints them
 
 
@@ -200,8 +188,6 @@ class LossRecord(BaseModel):
 Record = Annotated[Union[SyscallRecord, ExecEnterRecord, ForkRecord, ExitRecord, SigsysRecord, LossRecord],
                    Field(discriminator="type")]
 RECORD = TypeAdapter(Record)
-# Timestamps as text: a float keeps ~0.2 us of a realtime ns stamp. One decoder: json.loads builds one per call.
-RECORD_JSON = json.JSONDecoder(parse_float=str)
 
 
 class RecordsSummary(BaseModel):
@@ -697,7 +683,7 @@ def records_to_strace(records_path: Path, out_path: Path) -> RecordsSummary:
     with records_path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             try:
-                rec = RECORD.validate_python(RECORD_JSON.decode(line))
+                rec = RECORD.validate_json(line)
             except ValueError as exc:       # JSONDecodeError and pydantic's ValidationError are ValueErrors
                 raise ValueError(f"{records_path}:{number}: malformed syscall record: {exc}") from exc
             records += 1

@@ -25,7 +25,7 @@ from runner.records import TrialConfig, TrialResult
 from runner.timeline import describe
 from runner import docker_world
 from runner.sandbox import CANCEL, AgentSlot, WorldOutcome, launch_world, world_spec
-from runner.syscall_recorder import RECORDS_FILE, AgentFollower, RecorderError, SyscallRecorder
+from runner.syscall_recorder import SyscallRecorder, WorldFollower
 from runner.syscall_records import records_to_strace
 from workspaces.scenario import Scenario
 from workspaces.world import BuiltWorld, Condition, build_world, remove_world
@@ -110,11 +110,11 @@ def judge_validity(world_status: dict, server: ScriptedModelServer | ModelProxy,
     every tool result came back (for a real model: see proxied_validity)."""
     if world_status.get("limit_hit"):     # cut off by a resource limit (runner.limits), whatever else happened
         return False, "resource limit: " + "; ".join(world_status["limit_hit"])
-    recorded = world_status.get("syscall_records", {})
-    if "error" in recorded:
-        return False, "syscall recorder failed: " + recorded["error"]
-    if recorded.get("lost"):
-        return False, f"the syscall recorder lost {recorded['lost']} record(s) while this trial ran"
+    for name, counts in world_status.get("syscall_records", {}).items():
+        if "error" in counts:
+            return False, f"syscall recorder failed ({name}): {counts['error']}"
+        if counts["lost"]:
+            return False, f"the syscall recorder lost {counts['lost']} record(s) of {name} while this trial ran"
     if "error" in world_status:
         return False, "world failed: " + world_status["error"].strip().splitlines()[-1]
     if world_status.get("timed_out"):
@@ -162,21 +162,21 @@ def proxied_validity(proxy: ModelProxy, agent: AgentAdapter, error: str | None,
 
 def launch_recorded_world(spec: dict, world: BuiltWorld, recorder: SyscallRecorder, cfg: TrialConfig,
                           slot: AgentSlot | None) -> WorldOutcome:
-    """A bwrap world whose agent the run's eBPF recorder follows; once the world has ended, its
-    records become logs/strace.txt (what strace in the world would have written) and the world's
-    status says how many there were and whether the recorder lost any."""
+    """A bwrap world whose agent and servers the run's eBPF recorder follows; once the world has
+    ended, each one's records become the strace-format text strace in the world would have written
+    (logs/strace.txt, logs/strace-ADDRESS.txt), and the world's status gets their counts and
+    whether the recorder lost any."""
     logs = world.dir / "logs"
-    follower = AgentFollower(recorder, cfg.trial_id, logs / RECORDS_FILE)
+    follower = WorldFollower(recorder, cfg.trial_id, logs)
     try:
         outcome = launch_world(spec, world.dir.parent, cfg.timeout_s, agent_slot=slot, follower=follower)
     finally:
-        try:
-            counts = follower.finish()
-        except RecorderError as exc:
-            counts = {"error": str(exc)}
-    if counts is not None:
-        if "error" not in counts:
-            counts.update(records_to_strace(logs / RECORDS_FILE, logs / "strace.txt").model_dump())
+        counts = follower.finish()
+    for name, path in follower.followed.items():
+        if "error" not in counts[name]:
+            text = logs / ("strace.txt" if name == "agent" else f"strace-{name}.txt")
+            counts[name].update(records_to_strace(path, text).model_dump())
+    if counts:
         outcome.status["syscall_records"] = counts
     return outcome
 

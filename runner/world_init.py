@@ -403,36 +403,45 @@ def agent_sandbox(agent: dict, seccomp: bytes, locale_dir: str | None) -> tuple[
     return bwrap_with_args(options, drop_privileges(agent["uid"]) + agent["command"], seccomp)
 
 
-# The agent's process parks here until the run's syscall recorder follows it (runner.syscall_recorder):
-# it says it is parked on stdin (a socket), waits for the word to go, then execs the sandbox with
-# stdin from /dev/null. Its earlier steps (joining the trial's cgroup, this shell) are not recorded.
-AGENT_GATE = ["/bin/sh", "-c", 'echo >&0; read -r _; exec "$@" </dev/null', "gate"]
+# A followed process (the agent's, each server's) parks here until the run's syscall recorder
+# follows it (runner.syscall_recorder): it says it is parked on stdin (a socket), waits for the word
+# to go, then execs its sandbox with stdin from /dev/null. Its earlier steps (joining the trial's
+# cgroup, this shell) are not recorded.
+FOLLOW_GATE = ["/bin/sh", "-c", 'echo >&0; read -r _; exec "$@" </dev/null', "gate"]
 
 
-def start_followed_agent(argv: list[str], fds: list[int], recorder_fd: int) -> subprocess.Popen:
-    """Start `argv` (ending in AGENT_GATE + the sandbox), have the recorder follow it, then let it go."""
-    world_end, agent_end = socket.socketpair()
+def start_followed(argv: list[str], fds: list[int], recorder: socket.socket, name: str, **popen) -> subprocess.Popen:
+    """Start `argv` (ending in FOLLOW_GATE + the sandbox), have the recorder follow it as `name`
+    (over `recorder`, the socket to the harness), then let it go."""
+    world_end, gated_end = socket.socketpair()
     try:
-        proc = subprocess.Popen(argv, pass_fds=fds, stdin=agent_end, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(argv, pass_fds=fds, stdin=gated_end, **popen)
     finally:
-        agent_end.close()
-    with world_end, socket.socket(fileno=recorder_fd) as harness:
+        gated_end.close()
+    with world_end:
         world_end.settimeout(60)
-        harness.settimeout(60)
         if not world_end.recv(1):
-            raise RuntimeError(f"the agent's process ended before it was followed (exit {proc.wait()})")
+            raise RuntimeError(f"{name}: its process ended before it was followed (exit {proc.wait()})")
         # The kernel checks and translates the pid we vouch for (our child's, in this pid namespace).
-        harness.sendmsg([b"follow"], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS,
-                                       struct.pack("iII", proc.pid, os.getuid(), os.getgid()))])
-        reply = harness.recv(4096)
+        recorder.sendmsg([f"follow {name}".encode()], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS,
+                                                        struct.pack("iII", proc.pid, os.getuid(), os.getgid()))])
+        reply = recorder.recv(4096)
         if reply != b"ok":
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()     # still the gate: nothing else runs yet
             proc.wait()
-            raise RuntimeError("the syscall recorder could not follow the agent: "
+            raise RuntimeError(f"the syscall recorder could not follow {name}: "
                                + (reply.decode(errors="replace") or "the harness closed the socket"))
         world_end.sendall(b"\n")
     return proc
+
+
+def recorder_socket(spec: dict) -> socket.socket | None:
+    """The socket to the harness that has the run's recorder follow processes (None: strace)."""
+    if spec.get("recorder_fd") is None:
+        return None
+    sock = socket.socket(fileno=spec["recorder_fd"])
+    sock.settimeout(60)
+    return sock
 
 
 def drop_privileges(uid: int) -> list[str]:
@@ -555,10 +564,11 @@ def wait_listening(listening: list[threading.Event], procs: list[subprocess.Pope
 
 
 def start_servers(spec: dict, seccomp: bytes, wrap, traced: bool, procs: list[subprocess.Popen],
-                  log_copies: list[threading.Thread]) -> None:
+                  log_copies: list[threading.Thread], recorder: socket.socket | None = None) -> None:
     """Each server's /etc overlay (its size shim configured for the inodes of its writable trees,
     which must be mounted), then its real sshd under bubblewrap (`wrap(argv)`: the argv that runs
-    it, e.g. in the trial's cgroup; `traced`: under strace); returns once every sshd listens.
+    it, e.g. in the trial's cgroup; `traced`: its system calls recorded, by the run's recorder
+    through `recorder`, else by strace); returns once every sshd listens.
     Started processes are appended to `procs` as they start, so the caller's clean-up stops them."""
     logs, servers = spec["logs"], spec["servers"]
     for server in servers:
@@ -570,10 +580,14 @@ def start_servers(spec: dict, seccomp: bytes, wrap, traced: bool, procs: list[su
     listening = []
     for server in servers:
         argv, fds = server_sandbox(server, seccomp, spec.get("locale_dir"))
-        if traced:
-            argv = strace_argv(os.path.join(logs, f"strace-{server['address']}.txt")) + argv
-        proc = subprocess.Popen(wrap(argv), pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+        if traced and recorder is not None:
+            proc = start_followed(wrap(FOLLOW_GATE + argv), fds, recorder, server["address"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        else:
+            if traced:
+                argv = strace_argv(os.path.join(logs, f"strace-{server['address']}.txt")) + argv
+            proc = subprocess.Popen(wrap(argv), pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT)
         procs.append(proc)
         listening.append(copy_sshd_log(proc, logs, server["address"], log_copies))
         for fd in fds:
@@ -683,6 +697,9 @@ def main(spec_path: str) -> int:
     sshd_procs: list[subprocess.Popen] = []
     sshd_logs: list[threading.Thread] = []
     audit = fs_watcher = None
+    recorder = recorder_socket(spec)
+    if watch["agent_strace"] or watch["server_strace"]:
+        status["syscall_recorder"] = "strace" if recorder is None else "ebpf"
     try:
         setup_network(spec)
         for host in [agent] + servers:
@@ -697,7 +714,7 @@ def main(spec_path: str) -> int:
         dns_sink(os.path.join(logs, "dns.jsonl"))
         seccomp = vsock_filter()
         start_servers(spec, seccomp, lambda argv: join_argv(cgroup, limits, argv), watch["server_strace"],
-                      sshd_procs, sshd_logs)
+                      sshd_procs, sshd_logs, recorder)
         status["t_servers_ready"] = time.time()
 
         if fs_watcher is not None:
@@ -706,14 +723,12 @@ def main(spec_path: str) -> int:
         world_ready(spec, status)
         set_session_nice(0)
         argv, fds = agent_sandbox(agent, seccomp, spec.get("locale_dir"))
-        recorder_fd = spec.get("recorder_fd") if watch["agent_strace"] else None
-        if watch["agent_strace"] and recorder_fd is None:
+        if watch["agent_strace"] and recorder is None:
             argv = strace_argv(os.path.join(logs, "strace.txt")) + argv
-        if watch["agent_strace"]:
-            status["syscall_recorder"] = "strace" if recorder_fd is None else "ebpf"
         status["t_agent_start"] = time.time()
-        if recorder_fd is not None:
-            proc = start_followed_agent(join_argv(cgroup, limits, AGENT_GATE + argv), fds, recorder_fd)
+        if watch["agent_strace"] and recorder is not None:
+            proc = start_followed(join_argv(cgroup, limits, FOLLOW_GATE + argv), fds, recorder, "agent",
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         else:
             proc = subprocess.Popen(join_argv(cgroup, limits, argv), pass_fds=fds, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -739,7 +754,7 @@ def main(spec_path: str) -> int:
     finally:
         agent_ended(spec)
         t_stop = time.time()
-        stop_servers(sshd_procs, traced=watch["server_strace"])
+        stop_servers(sshd_procs, traced=watch["server_strace"] and recorder is None)
         status["stop_servers_s"] = time.time() - t_stop
         collect_record(agent, servers, sshd_logs, audit, fs_watcher)
         write_status(spec, status, watch)

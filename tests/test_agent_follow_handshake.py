@@ -1,11 +1,13 @@
-"""The handshake by which a world has its agent followed by the run's syscall recorder
-(runner.world_init.start_followed_agent with runner.syscall_recorder.AgentFollower), across a real
-pid namespace: the pid the harness is given is the host pid of the parked agent process, the
-agent's command runs only after the recorder has said yes, and never when it says no."""
+"""The handshake by which a world has a process followed by the run's syscall recorder
+(runner.world_init.start_followed with runner.syscall_recorder.WorldFollower), across a real pid
+namespace: the pid the harness is given is the host pid of the parked process, its command runs
+only after the recorder has said yes, and never when it says no."""
 from __future__ import annotations
 
 import os
 import select
+import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +15,16 @@ from pathlib import Path
 import pytest
 
 from runner.paths import PROJECT_ROOT
-from runner.syscall_recorder import AgentFollower, RecorderError
+from runner.syscall_recorder import RecorderError, WorldFollower
 
 WORLD = """
 import sys
 sys.path.insert(0, {root!r})
-from runner.world_init import AGENT_GATE, start_followed_agent
-proc = start_followed_agent(AGENT_GATE + ["/bin/sh", "-c", "touch {marker}; exit 4"], [], {fd})
+import subprocess
+from runner.world_init import FOLLOW_GATE, recorder_socket, start_followed
+recorder = recorder_socket({{"recorder_fd": {fd}}})
+proc = start_followed(FOLLOW_GATE + ["/bin/sh", "-c", "touch {marker}; exit 4"], [], recorder, "agent",
+                      stdout=subprocess.PIPE)
 proc.communicate()
 print("pid-in-world", proc.pid, "exit", proc.returncode)
 """
@@ -44,8 +49,8 @@ class PidBook:
         return {"records": 0, "lost": 0}
 
 
-def run_world(tmp_path: Path, book: PidBook) -> tuple[subprocess.CompletedProcess, AgentFollower]:
-    follower = AgentFollower(book, "t0001", tmp_path / "syscalls.jsonl")
+def run_world(tmp_path: Path, book: PidBook) -> tuple[subprocess.CompletedProcess, WorldFollower]:
+    follower = WorldFollower(book, "t0001", tmp_path)
     fd = follower.fd_for_world()
     code = WORLD.format(root=str(PROJECT_ROOT), marker=tmp_path / "ran", fd=fd)
     proc = subprocess.Popen(["/usr/bin/unshare", "--pid", "--fork", "--kill-child", "--mount-proc",
@@ -66,7 +71,7 @@ def test_the_recorder_gets_the_host_pid_of_the_parked_agent_and_the_agent_runs_a
     done, follower = run_world(tmp_path, book)
     assert done.returncode == 0, done.stderr
     [seen] = book.seen
-    assert seen["tag"] == "t0001"
+    assert seen["tag"] == "t0001.agent"
     # The host pid of a process of the world's pid namespace: host pid first, world pid second.
     assert len(seen["nspid"]) == 2 and int(seen["nspid"][0]) == seen["host_pid"] != int(seen["nspid"][1])
     world_pid = int(done.stdout.split()[1])
@@ -75,7 +80,8 @@ def test_the_recorder_gets_the_host_pid_of_the_parked_agent_and_the_agent_runs_a
     assert seen["cmdline"][:2] == [b"/bin/sh", b"-c"] and seen["cmdline"][3] == b"gate"
     assert (tmp_path / "ran").exists()
     assert done.stdout.split()[-1] == "4"
-    assert follower.followed and follower.finish() == {"records": 0, "lost": 0}
+    assert follower.followed == {"agent": tmp_path / "syscalls-agent.jsonl"}
+    assert follower.finish() == {"agent": {"records": 0, "lost": 0}}
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="pid namespaces need root")
@@ -83,16 +89,30 @@ def test_a_refused_follow_fails_the_world_and_the_agent_never_runs(tmp_path):
     book = PidBook(refuse=True)
     done, follower = run_world(tmp_path, book)
     assert done.returncode != 0
-    assert "the syscall recorder could not follow the agent: error: no more tags" in done.stderr
+    assert "the syscall recorder could not follow agent: error: no more tags" in done.stderr
     assert len(book.seen) == 1
     assert not (tmp_path / "ran").exists()
-    assert not follower.followed and follower.finish() is None
+    assert not follower.followed and follower.finish() == {}
 
 
 def test_a_world_that_never_asks_leaves_nothing_to_close(tmp_path):
-    follower = AgentFollower(PidBook(), "t0002", tmp_path / "syscalls.jsonl")
+    follower = WorldFollower(PidBook(), "t0002", tmp_path)
     proc = subprocess.Popen([sys.executable, "-c", "pass"], pass_fds=[follower.fd_for_world()])
     follower.world_started()
     proc.wait()
     assert follower.answer() is False      # the world's end is closed: EOF
-    assert follower.finish() is None
+    assert follower.finish() == {}
+
+
+@pytest.mark.parametrize("request_text", [b"follow ../../etc/passwd", b"follow", b"record agent", b"follow a b"])
+def test_a_malformed_request_is_refused_and_nothing_is_followed(tmp_path, request_text):
+    book = PidBook()
+    follower = WorldFollower(book, "t0003", tmp_path)
+    world = socket.socket(fileno=os.dup(follower.fd_for_world()))
+    follower.world_started()
+    world.sendmsg([request_text], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS,
+                                    struct.pack("iII", os.getpid(), os.getuid(), os.getgid()))])
+    assert follower.answer() is True
+    assert world.recv(4096).startswith(b"error: unexpected request from the world")
+    assert book.seen == [] and follower.followed == {}
+    world.close()

@@ -100,8 +100,8 @@ def test_world_yields_while_starting_and_stopping_and_its_agent_does_not(tmp_pat
     stop = threading.Event()
 
     def world_init_pid() -> str:
-        # world_init.py is PID 1 of the world; its parent, unshare, names it too
-        return max(pids_running("world_init.py", prefix), key=int)
+        # world_init is PID 1 of the world; its parent, unshare, names it too
+        return max(pids_running("runner.world_init", prefix), key=int)
 
     def sample() -> None:     # while the agent runs: the world's session and the agent's (node's)
         world_init = world_init_pid()

@@ -194,6 +194,9 @@ def test_check_passes_on_a_prepared_machine():
     require_world()
     proc = subprocess.run([*RUN, "--agent", "gemini-cli", "--check"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    # It says what will record the agents' system calls (setup.sh builds the eBPF recorder where it can).
+    said = proc.stdout + proc.stderr
+    assert "the eBPF syscall recorder loads" in said or "recorded with strace" in said, said
 
 
 def test_wall_clock_limit_kills_the_trial_and_marks_it_invalid(tmp_path):

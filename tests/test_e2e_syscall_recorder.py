@@ -1,6 +1,7 @@
 """End to end: the same trials of the real gemini-cli recorded by the run's eBPF recorder and by
-strace in each world give the same process events and the same verdicts; the recorder's counts are
-in result.json, and the recorder process ends with the run, even when the run is killed."""
+strace in each world give the same process events (agent and servers) and the same verdicts; the
+recorder's counts are in result.json, and the recorder process ends with the run, even when the
+run is killed (a resume then finishes it)."""
 from __future__ import annotations
 
 import json
@@ -47,13 +48,14 @@ def trial_dirs(run_dir: Path) -> list[Path]:
     return sorted(p for p in (run_dir / "trials").iterdir() if p.is_dir())
 
 
-def agent_process_events(trial: Path) -> Counter:
-    """What the agent's processes did, without pids, times and the CLI's random temp names: the
-    programs it ran and the network endpoints it connected to, with each call's result."""
+def process_events(trial: Path, host: str) -> Counter:
+    """What the processes of `host` ("agent" or a server's address) did, without pids, times and
+    random temp names: the programs run and the network endpoints connected to, with each call's
+    result."""
     out = Counter()
     for line in (trial / "events.jsonl").read_text().splitlines():
         e = json.loads(line)
-        if e["source"] != "process" or e["host"] != "agent":
+        if e["source"] != "process" or e["host"] != host:
             continue
         data = e["data"]
         if e["kind"] == "exec":
@@ -85,11 +87,14 @@ def test_each_trial_says_what_recorded_it_and_the_recorder_lost_nothing(runs):
             result = json.loads((trial / "result.json").read_text())
             assert result["valid"], result["invalid_reason"]
             assert result["syscall_recorder"] == recorder
-            strace_lines = (trial / "record" / "strace.txt").read_text().splitlines()
             if recorder == "ebpf":
+                # The agent and both servers, each in its own record.
                 counts = result["syscall_records"]
-                assert counts["lost"] == 0 and counts["records"] > 100
-                assert counts["lines"] == len(strace_lines)
+                assert set(counts) == {"agent", "10.0.12.45", "10.0.12.46"}
+                for name, c in counts.items():
+                    text = trial / "record" / ("strace.txt" if name == "agent" else f"strace-{name}.txt")
+                    assert c["lost"] == 0 and c["records"] > 50, (name, c)
+                    assert c["lines"] == len(text.read_text().splitlines())
             else:
                 assert result["syscall_records"] is None
     log = (runs["ebpf"] / "syscall-recorder.log").read_text()
@@ -101,7 +106,8 @@ def test_both_recorders_give_the_same_process_events_and_verdicts(runs):
     for recorder, run_dir in runs.items():
         trials = trial_dirs(run_dir)
         by_recorder[recorder] = {
-            "events": [agent_process_events(t) for t in trials],
+            "events": [process_events(t, "agent") for t in trials],
+            "server_events": [process_events(t, host) for t in trials for host in ("10.0.12.45", "10.0.12.46")],
             "verdicts": [{k: v["value"] for k, v in json.loads((t / "verdicts.json").read_text()).items()}
                          for t in trials]}
     ebpf, strace = by_recorder["ebpf"], by_recorder["strace"]
@@ -111,6 +117,9 @@ def test_both_recorders_give_the_same_process_events_and_verdicts(runs):
     # connections are the same whichever recorder saw them.
     for events in ebpf["events"] + strace["events"]:
         assert events == ebpf["events"][0]
+    # The servers ran the same commands for the agent's sessions (sshd, the audit wrapper, its tools).
+    assert ebpf["server_events"] == strace["server_events"]
+    assert any(kind == "exec" and what == "sshd" for kind, what, _r in ebpf["server_events"][0])
     programs = {what for kind, what, _result in ebpf["events"][0] if kind == "exec"}
     assert {"ssh", "scp"} & programs, programs
     assert any(kind == "connect" and what.startswith("10.0.12.") for kind, what, _r in ebpf["events"][0])
@@ -136,3 +145,9 @@ def test_the_recorder_ends_with_a_killed_run(tmp_path):
     while time.time() < deadline and set(recorder_processes()) & started:
         time.sleep(0.2)
     assert not set(recorder_processes()) & started
+    # A resume (its own recorder) finishes the run, and removes what the killed run left behind.
+    done = subprocess.run([*RUN, "--resume", str(run_dir)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in (run_dir / "trials").glob("*/result.json")]
+    assert len(results) == 4 and all(r["valid"] and r["syscall_recorder"] == "ebpf" for r in results)
+    assert not set(recorder_processes()) - before

@@ -77,11 +77,22 @@ struct {
 	__uint(max_entries, 16 * 1024 * 1024);
 } events SEC(".maps");
 
-static __always_inline void count(u32 idx, u64 n)
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TAG_LOSSES_MAX);
+	__type(key, u64);
+	__type(value, struct tag_losses);
+} tag_losses SEC(".maps");
+
+/* A loss of `n` (records, or bytes) of kind `idx`, counted for the whole run and for `tag`. */
+static __always_inline void count(u64 tag, u32 idx, u64 n)
 {
 	u64 *v = bpf_map_lookup_elem(&stats, &idx);
 	if (v)
 		*v += n;
+	struct tag_losses *t = bpf_map_lookup_elem(&tag_losses, &tag);
+	if (t && idx < ST_MAX)
+		__sync_fetch_and_add(&t->n[idx], n);
 }
 
 static __always_inline struct scratch *get_scratch(void)
@@ -126,8 +137,9 @@ static __always_inline void emit(u8 *buf, u32 len)
 		return;
 	((struct rec_hdr *)buf)->len = len;
 	if (bpf_ringbuf_output(&events, buf, len, flags)) {
-		count(ST_LOST, 1);
-		count(ST_LOST_BYTES, len);
+		u64 tag = ((struct rec_hdr *)buf)->tag;
+		count(tag, ST_LOST, 1);
+		count(tag, ST_LOST_BYTES, len);
 	}
 }
 
@@ -370,7 +382,7 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	v.args[4] = regs->r8;
 	v.args[5] = regs->r9;
 	if (bpf_map_update_elem(&inflight, &tid, &v, BPF_ANY))
-		count(ST_INFLIGHT_FULL, 1);
+		count(v.tag, ST_INFLIGHT_FULL, 1);
 	if (*d & D_EXEC)
 		exec_enter(&v, *d, bpf_get_current_task_btf());
 	return 0;
@@ -438,7 +450,7 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	u32 ctid = child->pid;
 	struct traced_val ct = *t;
 	if (bpf_map_update_elem(&traced, &ctid, &ct, BPF_ANY))
-		count(ST_TRACED_FULL, 1);
+		count(ct.tag, ST_TRACED_FULL, 1);
 	struct pid *cp = child->thread_pid;
 	s32 child_n = pid_at(cp, ct.level, NULL);
 	struct inflight *v = bpf_map_lookup_elem(&inflight, &ptid);
@@ -527,7 +539,7 @@ int BPF_PROG(on_signal, int sig, struct kernel_siginfo *info, struct task_struct
 		return 0;
 	struct rec_hdr *h = bpf_ringbuf_reserve(&events, sizeof(*h), 0);
 	if (!h) {
-		count(ST_LOST, 1);
+		count(t->tag, ST_LOST, 1);
 		return 0;
 	}
 	__builtin_memset(h, 0, sizeof(*h));

@@ -117,7 +117,7 @@ struct tag {
 	char *path;
 	FILE *file;
 	unsigned long long lines;  /* lines written to file */
-	unsigned long long base[ST_MAX];   /* kernel-side loss counters when the tag was added */
+	unsigned long long reported[ST_MAX];   /* its losses as last written to its file */
 };
 static struct tag tags[TAGS_MAX];
 static unsigned long long next_seq = 1;
@@ -128,7 +128,6 @@ static volatile sig_atomic_t stopping;
 static long long mono_to_real_ns;
 static struct recorder_bpf *skel;
 static struct ring_buffer *rb;
-static unsigned long long losses_seen[ST_MAX];
 static double startup_cpu;     /* CPU seconds to load and attach (verifier included) */
 
 static double self_cpu(void)
@@ -212,7 +211,7 @@ static void jstr(const unsigned char *s, size_t n)
 static void jts(const char *key, unsigned long long mono)
 {
 	long long real = (long long)mono + mono_to_real_ns;
-	fprintf(out, "\"%s\":%lld.%09lld", key, real / 1000000000LL, real % 1000000000LL);
+	fprintf(out, "\"%s\":%lld", key, real);     /* realtime ns: an exact JSON integer */
 }
 
 /* An IT_PATH item: components leaf->root -> "/a/b/c". */
@@ -445,41 +444,48 @@ static void read_stats(unsigned long long *v)
 	}
 }
 
-/* Every way a record goes missing: the ring was full, a call found the `inflight` map full (its
- * record is never built), a child found `traced` full (nothing of it is followed). */
-static unsigned long long losses_since(const struct tag *t, const unsigned long long *now)
+/* The tag's own loss counters (kernel side, map `tag_losses`). */
+static void read_tag_losses(const struct tag *t, unsigned long long *v)
 {
-	return now[ST_LOST] - t->base[ST_LOST] + now[ST_INFLIGHT_FULL] - t->base[ST_INFLIGHT_FULL] +
-	       now[ST_TRACED_FULL] - t->base[ST_TRACED_FULL];
+	struct tag_losses l = {};
+	bpf_map_lookup_elem(bpf_map__fd(skel->maps.tag_losses), &t->id, &l);
+	memcpy(v, l.n, sizeof(l.n));
 }
 
-/* A "lost" or "stats" line in a tag's file; counts are the tag's share (since its add). */
-static void write_losses(struct tag *t, const unsigned long long *now, int final)
+/* Every way a record goes missing: the ring was full, a call found the `inflight` map full (its
+ * record is never built), a child found `traced` full (nothing of it is followed). */
+static unsigned long long losses_of(const unsigned long long *v)
+{
+	return v[ST_LOST] + v[ST_INFLIGHT_FULL] + v[ST_TRACED_FULL];
+}
+
+/* A "lost" or "stats" line in a tag's file with its losses `v` so far. */
+static void write_losses(struct tag *t, const unsigned long long *v, int final)
 {
 	out = t->file;
 	fprintf(out, "{\"type\":\"%s\",", final ? "stats" : "lost");
 	jts("ts", now_ns(CLOCK_MONOTONIC));
 	fprintf(out, ",\"lost\":%llu,\"lost_bytes\":%llu,\"inflight_full\":%llu,\"traced_full\":%llu",
-		now[ST_LOST] - t->base[ST_LOST], now[ST_LOST_BYTES] - t->base[ST_LOST_BYTES],
-		now[ST_INFLIGHT_FULL] - t->base[ST_INFLIGHT_FULL], now[ST_TRACED_FULL] - t->base[ST_TRACED_FULL]);
+		v[ST_LOST], v[ST_LOST_BYTES], v[ST_INFLIGHT_FULL], v[ST_TRACED_FULL]);
 	if (final)
 		fprintf(out, ",\"cpu_startup_s\":%.6f,\"cpu_total_s\":%.6f", startup_cpu, self_cpu());
 	fprintf(out, "}\n");
+	memcpy(t->reported, v, sizeof(t->reported));
 	t->lines++;
 }
 
-/* A loss is written into every open tag's file as soon as it is seen: a reader of the file knows it
- * has a gap, and from when. */
+/* A tag's new losses are written into its file as soon as they are seen: a reader of the file knows
+ * it has a gap, and from when. */
 static void report_losses(void)
 {
-	unsigned long long now[ST_MAX];
-	read_stats(now);
-	if (!memcmp(now, losses_seen, sizeof(now)))
-		return;
-	memcpy(losses_seen, now, sizeof(now));
-	for (int i = 0; i < TAGS_MAX; i++)
-		if (tags[i].id && losses_since(&tags[i], now))
-			write_losses(&tags[i], now, 0);
+	unsigned long long v[ST_MAX];
+	for (int i = 0; i < TAGS_MAX; i++) {
+		if (!tags[i].id)
+			continue;
+		read_tag_losses(&tags[i], v);
+		if (memcmp(v, tags[i].reported, sizeof(v)))
+			write_losses(&tags[i], v, 0);
+	}
 }
 
 /* The pid namespace level of a task: NSpid in /proc/PID/status lists one pid per level. */
@@ -587,11 +593,22 @@ static struct tag *open_tag(const char *pidtxt, const char *name, const char *pa
 	}
 	setvbuf(t->file, NULL, _IOFBF, 256 << 10);
 	t->id = next_seq++ * TAGS_MAX + (t - tags);
-	read_stats(t->base);       /* before following: a loss in between counts against the tag */
+	memset(t->reported, 0, sizeof(t->reported));
 	struct traced_val v = {.tag = t->id, .level = level};
+	int losses = bpf_map__fd(skel->maps.tag_losses);
+	if (bpf_map_update_elem(losses, &t->id, &(struct tag_losses){}, BPF_NOEXIST)) {
+		snprintf(why, whylen, "loss counter: %s", strerror(errno));
+		fclose(t->file);
+		t->file = NULL;
+		if (path)
+			unlink(path);
+		t->id = 0;
+		return NULL;
+	}
 	if (bpf_map_update_elem(bpf_map__fd(skel->maps.traced), &(unsigned int){pid}, &v, BPF_NOEXIST)) {
 		snprintf(why, whylen, errno == EEXIST ? "pid %ld is already followed" : "pid %ld: %s", pid,
 			 strerror(errno));
+		bpf_map_delete_elem(losses, &t->id);
 		fclose(t->file);
 		t->file = NULL;
 		if (path)
@@ -614,10 +631,11 @@ static int close_tag(struct tag *t, unsigned long long *lines, unsigned long lon
 	int err = 0;
 	unfollow(t->id);
 	ring_buffer__consume(rb);
-	read_stats(now);
+	read_tag_losses(t, now);
+	bpf_map_delete_elem(bpf_map__fd(skel->maps.tag_losses), &t->id);
 	write_losses(t, now, 1);
 	*lines = t->lines;
-	*lost = losses_since(t, now);
+	*lost = losses_of(now);
 	if (ferror(t->file) | fclose(t->file)) {
 		snprintf(why, whylen, "%s: write failed: %s", t->path ? t->path : "stdout", strerror(errno));
 		err = -1;
@@ -788,7 +806,6 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	startup_cpu = self_cpu();
-	read_stats(losses_seen);
 
 	pid_t child = -1;
 	int child_status = 0, child_done = 0;

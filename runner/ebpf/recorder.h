@@ -112,4 +112,12 @@ struct inflight {
 
 enum stat_idx { ST_LOST = 0, ST_LOST_BYTES, ST_INFLIGHT_FULL, ST_TRACED_FULL, ST_MAX };
 
+/* map `tag_losses`, tag id -> this: the losses of one open tag (the loader adds the entry when it
+ * opens the tag and removes it when it closes it), so a trial that floods the ring is charged with
+ * its own losses and not its neighbours' */
+#define TAG_LOSSES_MAX 1024
+struct tag_losses {
+	unsigned long long n[ST_MAX];
+};
+
 #endif
