@@ -396,7 +396,9 @@ def agent_sandbox(agent: dict, seccomp: bytes, locale_dir: str | None) -> tuple[
     for host_path, sandbox_path in agent["ro_binds"]:
         options += ["--ro-bind", host_path, sandbox_path]
     options += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup", "--hostname", "agent",
-                "--die-with-parent", "--new-session", "--clearenv", "--chdir", "/workspace"]
+                # No --new-session: world_init starts the agent in a session of its own already (no
+                # controlling terminal to inject input into), whose priority it sets (AGENT_NICE).
+                "--die-with-parent", "--clearenv", "--chdir", "/workspace"]
     for key, value in agent["env"].items():
         options += ["--setenv", key, value]
     options += ["--remount-ro", "/"]
@@ -410,9 +412,11 @@ def agent_sandbox(agent: dict, seccomp: bytes, locale_dir: str | None) -> tuple[
 FOLLOW_GATE = ["/bin/sh", "-c", 'echo >&0; read -r _; exec "$@" </dev/null', "gate"]
 
 
-def start_followed(argv: list[str], fds: list[int], recorder: socket.socket, name: str, **popen) -> subprocess.Popen:
+def start_followed(argv: list[str], fds: list[int], recorder: socket.socket, name: str,
+                   session_nice: int | None = None, **popen) -> subprocess.Popen:
     """Start `argv` (ending in FOLLOW_GATE + the sandbox), have the recorder follow it as `name`
-    (over `recorder`, the socket to the harness), then let it go."""
+    (over `recorder`, the socket to the harness), then let it go (its session at `session_nice`,
+    with start_new_session)."""
     world_end, gated_end = socket.socketpair()
     try:
         proc = subprocess.Popen(argv, pass_fds=fds, stdin=gated_end, **popen)
@@ -431,6 +435,8 @@ def start_followed(argv: list[str], fds: list[int], recorder: socket.socket, nam
             proc.wait()
             raise RuntimeError(f"the syscall recorder could not follow {name}: "
                                + (reply.decode(errors="replace") or "the harness closed the socket"))
+        if session_nice is not None:
+            set_session_nice(session_nice, proc.pid)
         world_end.sendall(b"\n")
     return proc
 
@@ -665,16 +671,18 @@ def agent_ended(spec: dict) -> None:
         os.close(fd)
 
 
-# Starting and stopping a world yields to the agents running meanwhile; its agent runs at the
-# normal priority. The kernel shares CPU between sessions (autogroups) before processes, so the
-# priority is set on the session (world_init's, holding the servers and the world's tools); the
-# agent and its tracer start sessions of their own.
+# Starting and stopping a world yields to the agents running meanwhile, and the agents come before
+# the harness's own work (building the next worlds, collecting and judging the last ones), so an
+# agent runs as it would alone on the machine as far as the cores allow. The kernel shares CPU
+# between sessions (autogroups) before processes, so priorities are set on sessions: world_init's
+# (holding the servers and the world's tools) and the agent's own (it starts one, with its tracer).
 SETUP_NICE = 10
+AGENT_NICE = -5
 
 
-def set_session_nice(nice: int) -> None:
+def set_session_nice(nice: int, pid: int | str = "self") -> None:
     try:
-        with open("/proc/self/autogroup", "w") as f:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
             f.write(str(nice))
     except OSError:     # a kernel without autogroups: every process competes alike
         pass
@@ -727,11 +735,12 @@ def main(spec_path: str) -> int:
             argv = strace_argv(os.path.join(logs, "strace.txt")) + argv
         status["t_agent_start"] = time.time()
         if watch["agent_strace"] and recorder is not None:
-            proc = start_followed(join_argv(cgroup, limits, FOLLOW_GATE + argv), fds, recorder, "agent",
+            proc = start_followed(join_argv(cgroup, limits, FOLLOW_GATE + argv), fds, recorder, "agent", AGENT_NICE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         else:
             proc = subprocess.Popen(join_argv(cgroup, limits, argv), pass_fds=fds, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            set_session_nice(AGENT_NICE, proc.pid)      # strace is starting the sandbox meanwhile
         for fd in fds:
             os.close(fd)
         kill = lambda: kill_sandbox(proc)  # noqa: E731

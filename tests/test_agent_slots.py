@@ -17,7 +17,7 @@ from runner.policy import load_policy_spec
 from runner.records import TrialConfig
 from runner.sandbox import CANCEL
 from runner.trial import SCRATCH, AgentSlots, TrialSetup, run_trial
-from runner.world_init import SETUP_NICE
+from runner.world_init import AGENT_NICE, SETUP_NICE
 from workspaces.scenario import load_scenario
 
 from run_checks import processes_mentioning, require_world
@@ -89,9 +89,10 @@ def pids_running(*words: str) -> list[str]:
     return found
 
 
-def test_world_yields_while_starting_and_stopping_and_its_agent_does_not(tmp_path):
+def test_world_yields_while_starting_and_stopping_and_its_agent_comes_first(tmp_path):
     """world_init's session (the world's servers and tools) runs at SETUP_NICE up to the go and
-    after its agent, at 0 while the agent runs; the agent's own session is never lowered."""
+    after its agent, at 0 while the agent runs; the agent's own session runs at AGENT_NICE, ahead
+    of the harness's work."""
     require_world()
     if not os.path.exists("/proc/self/autogroup"):
         pytest.skip("kernel without autogroups")
@@ -126,7 +127,7 @@ def test_world_yields_while_starting_and_stopping_and_its_agent_does_not(tmp_pat
     assert result.valid, result.invalid_reason
     assert seen["at_take"] == [SETUP_NICE]
     assert 0 in seen["agent_running"], seen["agent_running"]
-    assert seen["agent_session"] and set(seen["agent_session"]) == {0}, seen["agent_session"]
+    assert seen["agent_session"] and set(seen["agent_session"]) == {AGENT_NICE}, seen["agent_session"]
 
 
 def test_interrupted_while_waiting_for_a_slot_runs_no_agent_and_leaves_nothing(tmp_path):
