@@ -83,6 +83,9 @@ def test_bad_commands_are_refused_and_the_recorder_goes_on(tmp_path):
         proc = parked_opener(tmp_path / "a", 3)
         (tmp_path / "a").touch()
         recorder.follow(proc.pid, "t0.agent", tmp_path / "a.jsonl")     # still serving
+        with pytest.raises(RecorderError, match="already followed"):
+            recorder.follow(proc.pid, "t1.agent", tmp_path / "b.jsonl")
+        assert not (tmp_path / "b.jsonl").exists()
         release(proc)
         assert recorder.close("t0.agent")["lost"] == 0
     finally:

@@ -551,6 +551,17 @@ static int traced_left(unsigned long long id)
 	return keys_of_tag(bpf_map__fd(skel->maps.traced), offsetof(struct traced_val, tag), id);
 }
 
+/* Undo a half-opened tag: its file closed and removed, its slot free; NULL for open_tag to return. */
+static struct tag *discard_tag(struct tag *t, const char *path)
+{
+	fclose(t->file);
+	t->file = NULL;
+	if (path)
+		unlink(path);
+	t->id = 0;
+	return NULL;
+}
+
 /* Register a tag writing to `path` (stdout if NULL) and follow `pid` for it. On failure: the reason
  * in `why`, NULL, and nothing left registered. */
 static struct tag *open_tag(const char *pidtxt, const char *name, const char *path, char *why, size_t whylen)
@@ -598,23 +609,13 @@ static struct tag *open_tag(const char *pidtxt, const char *name, const char *pa
 	int losses = bpf_map__fd(skel->maps.tag_losses);
 	if (bpf_map_update_elem(losses, &t->id, &(struct tag_losses){}, BPF_NOEXIST)) {
 		snprintf(why, whylen, "loss counter: %s", strerror(errno));
-		fclose(t->file);
-		t->file = NULL;
-		if (path)
-			unlink(path);
-		t->id = 0;
-		return NULL;
+		return discard_tag(t, path);
 	}
 	if (bpf_map_update_elem(bpf_map__fd(skel->maps.traced), &(unsigned int){pid}, &v, BPF_NOEXIST)) {
 		snprintf(why, whylen, errno == EEXIST ? "pid %ld is already followed" : "pid %ld: %s", pid,
 			 strerror(errno));
 		bpf_map_delete_elem(losses, &t->id);
-		fclose(t->file);
-		t->file = NULL;
-		if (path)
-			unlink(path);
-		t->id = 0;
-		return NULL;
+		return discard_tag(t, path);
 	}
 	snprintf(t->name, sizeof(t->name), "%s", name);
 	t->path = path ? strdup(path) : NULL;
