@@ -127,7 +127,6 @@ class WorldFollower:
         self._harness_end, self._world_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # Credentials the world attaches are translated into this process's pid namespace.
         self._harness_end.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self._world_end_open = True
         self.followed: dict[str, Path] = {}      # name -> its records file
 
     def fd_for_world(self) -> int:
@@ -139,7 +138,6 @@ class WorldFollower:
     def world_started(self) -> None:
         """The world holds its end now (inherited): ours is closed so a dead world reads as EOF."""
         self._world_end.close()
-        self._world_end_open = False
 
     def answer(self) -> bool:
         """Handle the world's request (the socket is readable); False once the world closed its end."""
@@ -164,8 +162,7 @@ class WorldFollower:
         """After the world has ended: each followed name's counts ({"records": N, "lost": M}), or
         {"error": ...} where the recorder failed."""
         self._harness_end.close()
-        if self._world_end_open:     # the world never started
-            self.world_started()
+        self._world_end.close()      # already closed unless the world never started
         counts = {}
         for name in self.followed:
             try:

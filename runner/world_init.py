@@ -6,7 +6,8 @@ It sets up the network (lo, a port-less bridge with the agent's and servers' add
 size-capped tmpfs copies of every writable tree, the servers' read-only /etc overlays, the audit
 receiver (servers' /dev/log), the bridge from 127.0.0.1:PORT to the host model server's unix
 socket, one real sshd per server under bubblewrap, and finally the agent under bubblewrap, its
-system calls recorded by the run's eBPF recorder (runner.syscall_recorder) or by strace. When the agent ends (or times out) it stops the servers, copies the writable trees back
+system calls recorded by the run's eBPF recorder (runner.syscall_recorder) or by strace. When the
+agent ends (or times out) it stops the servers, copies the writable trees back
 to the host so the recorder can snapshot them, and writes `logs/world.json`.
 
 Usage: world_init.py SPEC_JSON
@@ -441,6 +442,21 @@ def start_followed(argv: list[str], fds: list[int], recorder: socket.socket, nam
     return proc
 
 
+def start_recorded(wrap, argv: list[str], fds: list[int], name: str, traced: bool, recorder: socket.socket | None,
+                   strace_out: str, session_nice: int | None = None, **popen) -> subprocess.Popen:
+    """Start the sandbox `argv` as `wrap(...)` runs it (e.g. in the trial's cgroup), its system calls
+    recorded when `traced`: followed by the run's recorder through `recorder`, else under strace
+    writing `strace_out`; its session (with start_new_session) at `session_nice`."""
+    if traced and recorder is not None:
+        return start_followed(wrap(FOLLOW_GATE + argv), fds, recorder, name, session_nice, **popen)
+    if traced:
+        argv = strace_argv(strace_out) + argv
+    proc = subprocess.Popen(wrap(argv), pass_fds=fds, stdin=subprocess.DEVNULL, **popen)
+    if session_nice is not None:
+        set_session_nice(session_nice, proc.pid)      # strace is starting the sandbox meanwhile
+    return proc
+
+
 def recorder_socket(spec: dict) -> socket.socket | None:
     """The socket to the harness that has the run's recorder follow processes (None: strace)."""
     if spec.get("recorder_fd") is None:
@@ -586,14 +602,9 @@ def start_servers(spec: dict, seccomp: bytes, wrap, traced: bool, procs: list[su
     listening = []
     for server in servers:
         argv, fds = server_sandbox(server, seccomp, spec.get("locale_dir"))
-        if traced and recorder is not None:
-            proc = start_followed(wrap(FOLLOW_GATE + argv), fds, recorder, server["address"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        else:
-            if traced:
-                argv = strace_argv(os.path.join(logs, f"strace-{server['address']}.txt")) + argv
-            proc = subprocess.Popen(wrap(argv), pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT)
+        proc = start_recorded(wrap, argv, fds, server["address"], traced, recorder,
+                              os.path.join(logs, f"strace-{server['address']}.txt"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append(proc)
         listening.append(copy_sshd_log(proc, logs, server["address"], log_copies))
         for fd in fds:
@@ -731,16 +742,10 @@ def main(spec_path: str) -> int:
         world_ready(spec, status)
         set_session_nice(0)
         argv, fds = agent_sandbox(agent, seccomp, spec.get("locale_dir"))
-        if watch["agent_strace"] and recorder is None:
-            argv = strace_argv(os.path.join(logs, "strace.txt")) + argv
         status["t_agent_start"] = time.time()
-        if watch["agent_strace"] and recorder is not None:
-            proc = start_followed(join_argv(cgroup, limits, FOLLOW_GATE + argv), fds, recorder, "agent", AGENT_NICE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        else:
-            proc = subprocess.Popen(join_argv(cgroup, limits, argv), pass_fds=fds, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-            set_session_nice(AGENT_NICE, proc.pid)      # strace is starting the sandbox meanwhile
+        proc = start_recorded(lambda a: join_argv(cgroup, limits, a), argv, fds, "agent", watch["agent_strace"],
+                              recorder, os.path.join(logs, "strace.txt"), AGENT_NICE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         for fd in fds:
             os.close(fd)
         kill = lambda: kill_sandbox(proc)  # noqa: E731
