@@ -534,20 +534,32 @@ def capped_copy(stream, out_path: str, cap: int, kill, status: dict) -> threadin
 
 def watch_limits(spec: dict, cgroups: list, limits, agent: subprocess.Popen, kill, status: dict) -> threading.Thread:
     """Ends the trial at the first limit reached: `kill()` ends the agent's whole sandbox (its pid
-    namespace dies with its bwrap, or with its container), and status["limit_hit"] says which limit."""
+    namespace dies with its bwrap, or with its container), and status["limit_hit"] says which limit.
+    Between polls it sleeps on the agent's pidfd: the trial's end waits for its last look, and a
+    plain sleep held every agent's end up to the next poll (0.25 s per trial on average)."""
+    import select
+    try:
+        pidfd = os.pidfd_open(agent.pid)     # before the caller reaps it: the pid cannot be reused
+    except ProcessLookupError:               # already reaped: one look and done
+        pidfd = None
+
     def watch() -> None:
-        while True:
-            ended = agent.poll() is not None
-            # One last look once the agent has ended: a limit the kernel enforced between two polls
-            # (an OOM kill the CLI shrugged off before exiting) still shows in the cgroup's counters.
-            hits = exceeded_limits(spec, cgroups, limits)
-            if hits:
-                status.setdefault("limit_hit", []).extend(hits)
-                kill()
-                return
-            if ended:
-                return
-            time.sleep(LIMITS_POLL_S)
+        try:
+            while True:
+                ended = agent.poll() is not None
+                # One last look once the agent has ended: a limit the kernel enforced between two polls
+                # (an OOM kill the CLI shrugged off before exiting) still shows in the cgroup's counters.
+                hits = exceeded_limits(spec, cgroups, limits)
+                if hits:
+                    status.setdefault("limit_hit", []).extend(hits)
+                    kill()
+                    return
+                if ended:
+                    return
+                select.select([pidfd], [], [], LIMITS_POLL_S)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
@@ -686,7 +698,9 @@ def agent_ended(spec: dict) -> None:
 # the harness's own work (building the next worlds, collecting and judging the last ones), so an
 # agent runs as it would alone on the machine as far as the cores allow. The kernel shares CPU
 # between sessions (autogroups) before processes, so priorities are set on sessions: world_init's
-# (holding the servers and the world's tools) and the agent's own (it starts one, with its tracer).
+# (holding the servers, the model relay and the world's tools) and the agent's own (it starts one,
+# with its tracer). While the agent runs, its world's session is as far ahead as the agent: the
+# servers answer its ssh and the relay carries its model calls, both on the agent's own clock.
 SETUP_NICE = 10
 AGENT_NICE = -5
 
@@ -740,7 +754,7 @@ def main(spec_path: str) -> int:
             fs_watcher.wait_ready(60)
             status["t_fs_watch_ready"] = time.time()
         world_ready(spec, status)
-        set_session_nice(0)
+        set_session_nice(AGENT_NICE)
         argv, fds = agent_sandbox(agent, seccomp, spec.get("locale_dir"))
         status["t_agent_start"] = time.time()
         proc = start_recorded(lambda a: join_argv(cgroup, limits, a), argv, fds, "agent", watch["agent_strace"],

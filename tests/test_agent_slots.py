@@ -91,8 +91,8 @@ def pids_running(*words: str) -> list[str]:
 
 def test_world_yields_while_starting_and_stopping_and_its_agent_comes_first(tmp_path):
     """world_init's session (the world's servers and tools) runs at SETUP_NICE up to the go and
-    after its agent, at 0 while the agent runs; the agent's own session runs at AGENT_NICE, ahead
-    of the harness's work."""
+    after its agent, at AGENT_NICE while the agent runs (its servers and model relay serve the
+    agent), as does the agent's own session: ahead of the harness's work."""
     require_world()
     if not os.path.exists("/proc/self/autogroup"):
         pytest.skip("kernel without autogroups")
@@ -126,7 +126,7 @@ def test_world_yields_while_starting_and_stopping_and_its_agent_comes_first(tmp_
     result = run_trial(tmp_path / "t0000", setup(prefix), NiceSlots(1))
     assert result.valid, result.invalid_reason
     assert seen["at_take"] == [SETUP_NICE]
-    assert 0 in seen["agent_running"], seen["agent_running"]
+    assert AGENT_NICE in seen["agent_running"], seen["agent_running"]
     assert seen["agent_session"] and set(seen["agent_session"]) == {AGENT_NICE}, seen["agent_session"]
 
 

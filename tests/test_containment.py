@@ -170,3 +170,19 @@ def test_a_limit_the_kernel_enforced_just_before_the_agent_exited_is_still_repor
     killed, status = [], {}
     world_init.watch_limits({}, [], None, agent, lambda: killed.append(True), status).join(timeout=10)
     assert status == {"limit_hit": ["memory"]} and killed == [True]
+
+
+def test_the_limits_watcher_ends_with_the_agent_not_at_its_next_poll(monkeypatch):
+    """The trial's end waits for the watcher's last look: it must wake when the agent exits, not
+    sleep out its poll interval (which held every trial up to LIMITS_POLL_S)."""
+    import subprocess
+
+    from runner import world_init
+
+    monkeypatch.setattr(world_init, "LIMITS_POLL_S", 600)
+    monkeypatch.setattr(world_init, "exceeded_limits", lambda spec, cgroups, limits: [])
+    agent = subprocess.Popen(["sleep", "0.3"])
+    watcher = world_init.watch_limits({}, [], None, agent, lambda: None, {})
+    assert world_init.wait_exit(agent, 60) == 0
+    watcher.join(timeout=30)
+    assert not watcher.is_alive()
