@@ -275,10 +275,12 @@ def wait_exit(proc: subprocess.Popen, timeout: float) -> int | None:
     if proc.poll() is None:
         pidfd = os.pidfd_open(proc.pid)
         try:
-            select.select([pidfd], [], [], timeout)
+            ended, _, _ = select.select([pidfd], [], [], timeout)
         finally:
             os.close(pidfd)
-    return proc.poll()
+        if not ended:
+            return None
+    return proc.wait()   # not poll(): it answers None while another thread holds Popen's wait lock
 
 
 def wait_ready(proc: subprocess.Popen, timeout: float, what: str) -> None:
@@ -546,7 +548,9 @@ def watch_limits(spec: dict, cgroups: list, limits, agent: subprocess.Popen, kil
     def watch() -> None:
         try:
             while True:
-                ended = agent.poll() is not None
+                # the pidfd, not agent.poll(): a poll here would hold Popen's wait lock just as
+                # the caller's wait_exit polls at the same exit, and make it read "still running"
+                ended = pidfd is None or bool(select.select([pidfd], [], [], 0)[0])
                 # One last look once the agent has ended: a limit the kernel enforced between two polls
                 # (an OOM kill the CLI shrugged off before exiting) still shows in the cgroup's counters.
                 hits = exceeded_limits(spec, cgroups, limits)

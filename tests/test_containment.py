@@ -186,3 +186,18 @@ def test_the_limits_watcher_ends_with_the_agent_not_at_its_next_poll(monkeypatch
     assert world_init.wait_exit(agent, 60) == 0
     watcher.join(timeout=30)
     assert not watcher.is_alive()
+
+
+def test_the_agents_exit_is_read_as_an_exit_while_the_limits_watcher_looks_too(monkeypatch):
+    """Both wake at the agent's exit: the trial must never read it as a timeout (Popen.poll answers
+    None while another thread holds its wait lock)."""
+    import subprocess
+
+    from runner import world_init
+
+    monkeypatch.setattr(world_init, "exceeded_limits", lambda spec, cgroups, limits: [])
+    for _ in range(40):
+        agent = subprocess.Popen(["true"])
+        watcher = world_init.watch_limits({}, [], None, agent, lambda: None, {})
+        assert world_init.wait_exit(agent, 60) == 0
+        watcher.join(timeout=30)
