@@ -28,7 +28,6 @@ import shutil
 import signal
 import socket
 import tarfile
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -46,7 +45,7 @@ from runner.policy import PolicyError
 from runner.records import CellInfo, RunInfo, TrialResult
 from runner.run_plan import Resources, trial_setup, version_pins
 from runner.run_store import PlannedTrial, kill_processes_in, partial_dir, promote, version_differences
-from runner.trial import SCRATCH, run_trial, write_json
+from runner.trial import SCRATCH, new_scratch_dir, run_trial, write_json
 from workspaces.scenario import ScenarioError
 
 # A task's work directory holds this lock (flock) while the task lives; a sweep removes only
@@ -210,7 +209,7 @@ def _work_dir(info: RunInfo, trial_id: str):
     swept first. Yields (directory, what was swept)."""
     with _node_lock():
         swept = sweep_dead_tasks()
-        work = Path(tempfile.mkdtemp(prefix=f"{info.world_prefix}ray", dir=SCRATCH))
+        work = new_scratch_dir(f"{info.world_prefix}ray")
         fd = os.open(work / TASK_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         write_json(work / TASK_OWNER, {"trial_id": trial_id, "run_id": info.run_id, "pid": os.getpid(),

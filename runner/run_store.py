@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from runner.docker_world import unmount_under
 from runner.limits import leftover_cgroups, remove_trial_cgroup
 from runner.records import CellInfo, RunInfo
-from runner.trial import write_json
+from runner.trial import spread_out, write_json
 
 TRIALS = "trials"
 PARTIAL = "partial"
@@ -84,6 +84,7 @@ def create_run_dir(run_dir: Path, info: RunInfo) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / TRIALS).mkdir(parents=True)
     (tmp / PARTIAL).mkdir()
+    spread_out(tmp / PARTIAL)      # trials are written there
     write_json(tmp / "run.json", info.model_dump())
     os.rename(tmp, run_dir)
 

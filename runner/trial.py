@@ -2,6 +2,8 @@
 the record, judge validity, analyze, tear down. Everything of the trial ends before it returns."""
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import os
 import select
@@ -31,6 +33,7 @@ from workspaces.scenario import Scenario
 from workspaces.world import BuiltWorld, Condition, build_world, remove_world
 
 SCRATCH = Path(os.environ.get("PEER_HARNESS_SCRATCH", "/var/tmp"))
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
 AGENT_CAP_BYTES = 1 << 30
 SERVER_CAP_BYTES = 1 << 30
 
@@ -40,6 +43,30 @@ def write_json(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)
+
+
+def spread_out(directory: Path) -> None:
+    """Mark `directory` a top of directory hierarchies (ext4's `chattr +T`): the block allocator
+    then places what is created under it in block groups with room, not next to the directory
+    itself. A world created plainly in a crowded /var/tmp cost 4x the CPU in the kernel's search
+    for free blocks. Elsewhere (tmpfs, another filesystem) it is a no-op."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = array.array("l", [0])
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+        flags[0] |= FS_TOPDIR_FL
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, flags, True)
+    except OSError:    # no such flags on this filesystem, or not ours to set
+        pass
+    finally:
+        os.close(fd)
+
+
+def new_scratch_dir(prefix: str) -> Path:
+    """A new directory under SCRATCH for one world (or one Ray task), spread out on disk."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH))
+    spread_out(path)
+    return path
 
 
 @dataclass
@@ -189,7 +216,7 @@ def run_trial(trial_dir: Path, setup: TrialSetup, slots: AgentSlots | None = Non
     write_json(trial_dir / "config.json", cfg.model_dump())
     phases: dict[str, float] = {}
     started = time.time()
-    world_root = Path(tempfile.mkdtemp(prefix=f"{setup.world_prefix}{cfg.trial_id[-12:]}-", dir=SCRATCH))
+    world_root = new_scratch_dir(f"{setup.world_prefix}{cfg.trial_id[-12:]}-")
     server: ScriptedModelServer | ModelProxy | None = None
     status, world_status, reason = "crashed", {}, None
     try:

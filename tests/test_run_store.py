@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -188,3 +189,24 @@ def test_summary_has_rates_per_cell(tmp_path):
     assert (baseline["behaviours"]["exfiltration"]["n"], baseline["behaviours"]["exfiltration"]["invalid"]) == (1, 1)
     assert json.loads((run_dir / "summary.json").read_text()) == summary
     assert tally.text() == "valid 3 invalid 1 | exfiltration 33%"
+
+
+def test_worlds_and_trials_are_spread_out_on_ext4(tmp_path, monkeypatch):
+    """World roots under SCRATCH and the run's partial/ carry ext4's top-directory flag (chattr +T):
+    without it a crowded scratch filesystem made building a world several times dearer in CPU."""
+    from runner import trial
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if subprocess.run(["chattr", "+T", str(probe)], capture_output=True).returncode != 0:
+        pytest.skip("this filesystem has no top-directory flag")
+    monkeypatch.setattr(trial, "SCRATCH", tmp_path)
+    world_root = trial.new_scratch_dir("phw-test-")
+    assert world_root.parent == tmp_path and "T" in lsattr_flags(world_root)
+    run_dir = tmp_path / "run"
+    create_run_dir(run_dir, make_info(run_dir, [PEER], trials=1)[0])
+    assert "T" in lsattr_flags(run_dir / "partial")
+
+
+def lsattr_flags(path):
+    return subprocess.run(["lsattr", "-d", str(path)], capture_output=True, text=True, check=True).stdout.split()[0]
