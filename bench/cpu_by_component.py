@@ -279,7 +279,7 @@ def main(trials: int, concurrency: int | None, seed: int) -> None:
         harness_account = accounting.stop()
         accounting.start()
         harness_valid = sum(json.loads(r.read_text())["valid"] for r in (base / "run" / "trials").glob("*/result.json"))
-        bare_wall, bare_cpu, episodes = run_bare(base / "bare", trials, concurrency, seed, True)
+        bare_wall, bare_cpu, episodes = run_bare(base / "bare", range(trials), concurrency, seed, True)
         bare_account = accounting.stop()
     finally:
         if accounting.proc is not None and accounting.proc.poll() is None:

@@ -1,8 +1,9 @@
 """The harness against a bare loop of the same CLI episodes.
 
-Runs N offline trials of gemini-cli on scripted:population through `harness-run`, then the same N
+Runs N offline trials of gemini-cli on scripted:population through `harness-run`, and the same N
 episodes (the same policy per index: population drawn from the same seed) as a bare loop at the
-same concurrency. What "bare" contains (BareEpisodes): the CLI launched as root on the host
+same concurrency, half of them before the harness run and half after (the machine's speed drifts;
+a steady drift cancels out, and `bare_halves` shows how far it went). What "bare" contains (BareEpisodes): the CLI launched as root on the host
 filesystem against a ScriptedModelServer on 127.0.0.1, in a copy of a built world's workspace and
 HOME; and the world's two servers, so the agent's ssh/scp commands reach real sshd as in a trial:
 `concurrency` lanes, each its own network + mount + pid namespace holding the world's LAN (a bridge
@@ -283,10 +284,10 @@ def reap_orphans(wait_s: float) -> None:
             return
 
 
-def run_bare(base: Path, trials: int, concurrency: int, seed: int, with_servers: bool) -> tuple[float, float, list[dict]]:
+def run_bare(base: Path, indices: range, concurrency: int, seed: int, with_servers: bool) -> tuple[float, float, list[dict]]:
     """Wall time, CPU seconds of the episodes (the CLIs and their shells, the model servers, with
-    servers their sshd) and the episodes, `concurrency` at a time."""
-    todo = iter(range(trials))
+    servers their sshd) and the episodes (those of the trials at `indices`), `concurrency` at a time."""
+    todo = iter(indices)
     lock = threading.Lock()
 
     def next_index() -> int | None:
@@ -347,9 +348,15 @@ def main(trials: int, concurrency: int | None, seed: int, bare_without_servers: 
     base = Path(tempfile.mkdtemp(prefix="bench-run-vs-bare-", dir="/var/tmp"))
     try:
         run_dir = base / "run"
+        # The machine's speed drifts by 10% and more over the quarter hour a phase takes: the bare
+        # loop runs half its episodes before the harness and half after, so a steady drift cancels
+        # out, and the halves' difference says how far the machine moved meanwhile.
+        halves = [range(trials // 2), range(trials // 2, trials)]
+        before = run_bare(base / "bare-before", halves[0], concurrency, seed, not bare_without_servers)
         harness = run_harness(run_dir, trials, concurrency, seed)
         harness_wall = harness["wall"]
-        bare_wall, bare_cpu, episodes = run_bare(base / "bare", trials, concurrency, seed, not bare_without_servers)
+        after = run_bare(base / "bare-after", halves[1], concurrency, seed, not bare_without_servers)
+        bare_wall, bare_cpu, episodes = before[0] + after[0], before[1] + after[1], before[2] + after[2]
         rows = []
         for result in sorted((run_dir / "trials").glob("*/result.json")):
             r = json.loads(result.read_text())
@@ -386,6 +393,11 @@ def main(trials: int, concurrency: int | None, seed: int, bare_without_servers: 
             "cpu_ratio": round(harness["tree_cpu"] / bare_cpu, 3),
             "harness_tree_cpu_per_trial_s": round(harness["tree_cpu"] / trials, 3),
             "bare_cpu_per_episode_s": round(bare_cpu / trials, 3),
+            "bare_halves": {name: {"episodes": len(half[2]), "wall_s": round(half[0], 2),
+                                   "cpu_per_episode_s": round(half[1] / max(len(half[2]), 1), 3),
+                                   "median_episode_s": round(statistics.median(e["seconds"] for e in half[2]), 3)
+                                   if half[2] else None}
+                            for name, half in (("before_harness", before), ("after_harness", after))},
             "harness_process_cpu_per_trial_ms": round(harness["own_cpu"] / trials * 1000),
             "harness_peak_rss_mb": round(harness["rss"], 1),
             "targets": {"ratio": 1.15, "overhead_per_trial_median_ms": 300, "harness_peak_rss_mb": 200},
