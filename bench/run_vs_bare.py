@@ -1,9 +1,11 @@
 """The harness against a bare loop of the same CLI episodes.
 
 Runs N offline trials of gemini-cli on scripted:population through `harness-run`, and the same N
-episodes (the same policy per index: population drawn from the same seed) as a bare loop at the
-same concurrency, half of them before the harness run and half after (the machine's speed drifts;
-a steady drift cancels out, and `bare_halves` shows how far it went). What "bare" contains (BareEpisodes): the CLI launched as root on the host
+episodes (the same policy per seed and index: population drawn the same way) as a bare loop at the
+same concurrency, in `--blocks` alternating blocks (bare, harness, harness, bare, ...: the
+machine's speed wanders by 10-20% over minutes; a steady drift cancels out, and `blocks` shows
+each block's ratio). Each harness block is one `harness-run` of its own seed, so its start-up and
+index are paid once per block. What "bare" contains (BareEpisodes): the CLI launched as root on the host
 filesystem against a ScriptedModelServer on 127.0.0.1, in a copy of a built world's workspace and
 HOME; and the world's two servers, so the agent's ssh/scp commands reach real sshd as in a trial:
 `concurrency` lanes, each its own network + mount + pid namespace holding the world's LAN (a bridge
@@ -16,7 +18,7 @@ snapshots, collection and analysis. `--bare-without-servers`: the old bare loop,
 with `ssh`, `scp`, `sftp` and `rsync` stand-ins on PATH that fail at once (a lower bound on the
 CLI's own time; not the same episodes).
 
-    python bench/run_vs_bare.py [--trials 200] [--concurrency 2] [--seed 0] [--bare-without-servers]
+    python bench/run_vs_bare.py [--trials 200] [--concurrency 2] [--seed 0] [--blocks 4] [--bare-without-servers]
 
 Prints and writes to bench/results/run_vs_bare.json: both wall times and their ratio; the
 per-trial harness overhead: on the critical path (median time a trial holds one of the run's
@@ -340,25 +342,45 @@ def run_bare(base: Path, indices: range, concurrency: int, seed: int, with_serve
 @click.option("--trials", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Default: one per CPU core.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--blocks", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Alternating blocks of harness and bare episodes (the machine's speed wanders).")
 @click.option("--bare-without-servers", is_flag=True,
               help="The old bare loop: on the host, ssh/scp/sftp/rsync stand-ins that fail at once.")
-def main(trials: int, concurrency: int | None, seed: int, bare_without_servers: bool) -> None:
+def main(trials: int, concurrency: int | None, seed: int, blocks: int, bare_without_servers: bool) -> None:
     concurrency = concurrency or os.cpu_count() or 1
     load_at_start = os.getloadavg()
     base = Path(tempfile.mkdtemp(prefix="bench-run-vs-bare-", dir="/var/tmp"))
     try:
-        run_dir = base / "run"
-        # The machine's speed drifts by 10% and more over the quarter hour a phase takes: the bare
-        # loop runs half its episodes before the harness and half after, so a steady drift cancels
-        # out, and the halves' difference says how far the machine moved meanwhile.
-        halves = [range(trials // 2), range(trials // 2, trials)]
-        before = run_bare(base / "bare-before", halves[0], concurrency, seed, not bare_without_servers)
-        harness = run_harness(run_dir, trials, concurrency, seed)
+        # The machine's speed wanders by 10-20% over minutes, so one harness phase against one bare
+        # phase compares two machines. Both loops run in `blocks` alternating blocks instead (bare
+        # then harness, harness then bare, ...: a steady drift cancels out), each block its own
+        # `harness-run` (its start-up and index paid once per block, against the harness) with
+        # its own seed, the bare block playing the same episodes (policy drawn per seed and index).
+        blocks = min(blocks, trials)
+        sizes = [trials // blocks + (k < trials % blocks) for k in range(blocks)]
+        harness_runs, bare_blocks, per_block = [], [], []
+        for k, n in enumerate(sizes):
+            def bare() -> tuple[float, float, list[dict]]:
+                return run_bare(base / f"bare{k}", range(n), concurrency, seed + k, not bare_without_servers)
+            if k % 2 == 0:
+                bare_block, harness_run = bare(), run_harness(base / f"run{k}", n, concurrency, seed + k)
+            else:
+                harness_run, bare_block = run_harness(base / f"run{k}", n, concurrency, seed + k), bare()
+            harness_runs.append(harness_run)
+            bare_blocks.append(bare_block)
+            per_block.append({"trials": n, "harness_wall_s": round(harness_run["wall"], 2),
+                              "bare_wall_s": round(bare_block[0], 2),
+                              "ratio": round(harness_run["wall"] / bare_block[0], 3),
+                              "harness_cpu_per_trial_s": round(harness_run["tree_cpu"] / n, 3),
+                              "bare_cpu_per_episode_s": round(bare_block[1] / n, 3)})
+        harness = {"wall": sum(h["wall"] for h in harness_runs), "rss": max(h["rss"] for h in harness_runs),
+                   "own_cpu": sum(h["own_cpu"] for h in harness_runs),
+                   "tree_cpu": sum(h["tree_cpu"] for h in harness_runs)}
         harness_wall = harness["wall"]
-        after = run_bare(base / "bare-after", halves[1], concurrency, seed, not bare_without_servers)
-        bare_wall, bare_cpu, episodes = before[0] + after[0], before[1] + after[1], before[2] + after[2]
+        bare_wall, bare_cpu = sum(b[0] for b in bare_blocks), sum(b[1] for b in bare_blocks)
+        episodes = [e for b in bare_blocks for e in b[2]]
         rows = []
-        for result in sorted((run_dir / "trials").glob("*/result.json")):
+        for result in sorted(base.glob("run*/trials/*/result.json")):
             r = json.loads(result.read_text())
             world = json.loads((result.parent / "record" / "world.json").read_text())
             rows.append({**r["phases"], "total": r["ended_at"] - r["started_at"], "valid": r["valid"],
@@ -393,11 +415,7 @@ def main(trials: int, concurrency: int | None, seed: int, bare_without_servers: 
             "cpu_ratio": round(harness["tree_cpu"] / bare_cpu, 3),
             "harness_tree_cpu_per_trial_s": round(harness["tree_cpu"] / trials, 3),
             "bare_cpu_per_episode_s": round(bare_cpu / trials, 3),
-            "bare_halves": {name: {"episodes": len(half[2]), "wall_s": round(half[0], 2),
-                                   "cpu_per_episode_s": round(half[1] / max(len(half[2]), 1), 3),
-                                   "median_episode_s": round(statistics.median(e["seconds"] for e in half[2]), 3)
-                                   if half[2] else None}
-                            for name, half in (("before_harness", before), ("after_harness", after))},
+            "blocks": per_block,
             "harness_process_cpu_per_trial_ms": round(harness["own_cpu"] / trials * 1000),
             "harness_peak_rss_mb": round(harness["rss"], 1),
             "targets": {"ratio": 1.15, "overhead_per_trial_median_ms": 300, "harness_peak_rss_mb": 200},
