@@ -546,11 +546,9 @@ def watch_limits(spec: dict, cgroups: list, limits, agent: subprocess.Popen, kil
         pidfd = None
 
     def watch() -> None:
+        ended = pidfd is None
         try:
             while True:
-                # the pidfd, not agent.poll(): a poll here would hold Popen's wait lock just as
-                # the caller's wait_exit polls at the same exit, and make it read "still running"
-                ended = pidfd is None or bool(select.select([pidfd], [], [], 0)[0])
                 # One last look once the agent has ended: a limit the kernel enforced between two polls
                 # (an OOM kill the CLI shrugged off before exiting) still shows in the cgroup's counters.
                 hits = exceeded_limits(spec, cgroups, limits)
@@ -560,7 +558,9 @@ def watch_limits(spec: dict, cgroups: list, limits, agent: subprocess.Popen, kil
                     return
                 if ended:
                     return
-                select.select([pidfd], [], [], LIMITS_POLL_S)
+                # the pidfd, not agent.poll(): a poll here would hold Popen's wait lock just as
+                # the caller's wait_exit polls at the same exit, and make it read "still running"
+                ended = bool(select.select([pidfd], [], [], LIMITS_POLL_S)[0])
         finally:
             if pidfd is not None:
                 os.close(pidfd)
