@@ -197,13 +197,11 @@ def docker_problems(docker: str = DOCKER) -> list[str]:
 # --- the harness side -----------------------------------------------------------------------------
 def launch_world(spec: dict, world_dir, timeout_s: float, agent_slot=None):
     """runner.sandbox.launch_world's Docker counterpart: same spec in, same WorldOutcome out."""
-    from dataclasses import asdict
-
     from runner.limits import Limits
     from runner.paths import PROJECT_ROOT
     from runner.sandbox import _run_world
 
-    spec = {**spec, "limits": {"values": asdict(Limits()), "mode": "docker"},
+    spec = {**spec, "limits": {"values": Limits()._asdict(), "mode": "docker"},
             "docker": {"image": image_tag(), "world": world_dir.name,
                        "init": str(PROJECT_ROOT / "runner" / "container_init.py")}}
     # TERM: a driver whose harness died still stops its world and unmounts its trees (its handler).
@@ -342,6 +340,13 @@ def traced(pid: int, out_path: str, argv: list[str]) -> list[str]:
     return [SETPRIV, "--pdeathsig", "KILL", NSENTER, f"--net=/proc/{pid}/ns/net", *strace_argv(out_path), *argv]
 
 
+# runc is a Go program. Go's runtime preempts its threads with SIGURG; under strace -f one of those
+# signals landing as runc's thread execs the container process could stall the exec for good
+# (opencontainers/runc#1025: a CI trial hung there until its timeout). runc reads this variable
+# only for itself: the container process gets exactly its process spec's environment.
+RUNC_ENV = {**os.environ, "GODEBUG": "asyncpreemptoff=1"}
+
+
 def kill_container(pid: int) -> None:
     """SIGKILL to a container's PID 1: the kernel kills every process of its pid namespace."""
     try:
@@ -436,7 +441,7 @@ def main(spec_path: str) -> int:
                 argv = traced(containers[server["address"]][1], os.path.join(logs, f"strace-{server['address']}.txt"),
                               argv)
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    pass_fds=[process])
+                                    pass_fds=[process], env=RUNC_ENV)
             os.close(process)
             sshd_procs.append(proc)
             listening.append(wi.copy_sshd_log(proc, logs, server["address"], sshd_logs))
@@ -455,7 +460,7 @@ def main(spec_path: str) -> int:
             argv = traced(agent_pid, os.path.join(logs, "strace.txt"), argv)
         status["t_agent_start"] = time.time()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, pass_fds=[process])
+                                start_new_session=True, pass_fds=[process], env=RUNC_ENV)
         os.close(process)
         kill = lambda: kill_container(agent_pid)  # noqa: E731
         copies = [wi.capped_copy(stream, os.path.join(logs, name), limits.output_bytes // 2, kill, status)

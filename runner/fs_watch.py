@@ -37,7 +37,6 @@ import struct
 import sys
 import threading
 import time
-import traceback
 
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE, IN_DELETE_SELF = 0x40, 0x80, 0x100, 0x200, 0x400
@@ -221,6 +220,8 @@ class FsWatcher:
             self._ready.set()
             self._loop(out)
         except BaseException:  # noqa: BLE001 - reported by wait_ready / stop
+            import traceback
+
             self._failure = traceback.format_exc()
             self._ready.set()
         finally:

@@ -24,44 +24,59 @@ import os
 import re
 import signal
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections import namedtuple
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_ROOT = "/sys/fs/cgroup"
 PRLIMIT = "/usr/bin/prlimit"
 
+# world_init imports this module under the system Python for every trial: plain classes and
+# os.path, not dataclasses and pathlib (whose imports cost that process ~25 ms of CPU).
+# pids: processes + threads of the agent and the servers together (an ordinary gemini-cli trial
+# peaks below 100). memory_bytes: resident memory incl. tmpfs pages the trial writes. output_bytes:
+# the world's record directory (logs/), strace output included, which the recorder must still
+# parse (about 10 MB/s).
+Limits = namedtuple("Limits", ["pids", "memory_bytes", "output_bytes"], defaults=[512, 4 << 30, 128 << 20])
 
-@dataclass(frozen=True)
-class Limits:
-    pids: int = 512                     # processes + threads of the agent and the servers together (an
-                                        # ordinary gemini-cli trial peaks below 100)
-    memory_bytes: int = 4 << 30         # resident memory incl. tmpfs pages the trial writes
-    output_bytes: int = 128 << 20       # the world's record directory (logs/): strace output included, which
-                                        # the recorder must still parse (about 10 MB/s)
 
-
-@dataclass
 class TrialCgroup:
     """The cgroup directories of one trial (one per v1 controller, one for v2), or none (rlimit mode)."""
-    mode: str                           # "cgroup-v2", "cgroup-v1" or "rlimit"
-    dirs: dict[str, str] = field(default_factory=dict)   # controller ("pids", "memory", or "unified") -> dir
-    reason: str | None = None           # why cgroups are not used (rlimit mode)
+
+    def __init__(self, mode: str, dirs: dict[str, str] | None = None, reason: str | None = None):
+        self.mode = mode                # "cgroup-v2", "cgroup-v1" or "rlimit"
+        self.dirs = dirs if dirs is not None else {}    # controller ("pids", "memory", or "unified") -> dir
+        self.reason = reason            # why cgroups are not used (rlimit mode)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TrialCgroup) and self.to_json() == other.to_json()
+
+    def __repr__(self) -> str:
+        return f"TrialCgroup(mode={self.mode!r}, dirs={self.dirs!r}, reason={self.reason!r})"
 
     def procs_files(self) -> list[str]:
         return [os.path.join(d, "cgroup.procs") for d in dict.fromkeys(self.dirs.values())]
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {"mode": self.mode, "dirs": dict(self.dirs), "reason": self.reason}
 
     @classmethod
     def from_json(cls, data: dict) -> "TrialCgroup":
         return cls(**data)
 
 
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def _own_cgroups(pid: int | str = "self") -> dict[str, str]:
     """controller -> path of the process's cgroup ("" key: the v2 unified hierarchy)."""
     out = {}
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+    for line in _read(f"/proc/{pid}/cgroup").splitlines():
         _hid, controllers, path = line.split(":", 2)
         for c in controllers.split(",") if controllers else [""]:
             out[c] = path
@@ -69,7 +84,7 @@ def _own_cgroups(pid: int | str = "self") -> dict[str, str]:
 
 
 def _is_v2_unified() -> bool:
-    return (CGROUP_ROOT / "cgroup.controllers").exists()
+    return os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers"))
 
 
 def create_trial_cgroup(name: str, limits: Limits) -> TrialCgroup:
@@ -78,7 +93,7 @@ def create_trial_cgroup(name: str, limits: Limits) -> TrialCgroup:
         own = _own_cgroups()
         if _is_v2_unified():
             return _create_v2(name, own.get("", "/"), limits)
-        if (CGROUP_ROOT / "pids" / "cgroup.procs").exists() and (CGROUP_ROOT / "memory" / "cgroup.procs").exists():
+        if all(os.path.exists(os.path.join(CGROUP_ROOT, c, "cgroup.procs")) for c in ("pids", "memory")):
             return _create_v1(name, own, limits)
         return TrialCgroup("rlimit", reason="no cgroup v2 hierarchy and no v1 pids+memory controllers mounted")
     except OSError as exc:
@@ -89,11 +104,11 @@ def _create_v1(name: str, own: dict[str, str], limits: Limits) -> TrialCgroup:
     dirs = {}
     try:
         for ctl in ("pids", "memory"):
-            d = CGROUP_ROOT / ctl / own.get(ctl, "/").lstrip("/") / name
-            d.mkdir()
-            dirs[ctl] = str(d)
-        (Path(dirs["pids"]) / "pids.max").write_text(str(limits.pids))
-        (Path(dirs["memory"]) / "memory.limit_in_bytes").write_text(str(limits.memory_bytes))
+            d = os.path.join(CGROUP_ROOT, ctl, own.get(ctl, "/").lstrip("/"), name)
+            os.mkdir(d)
+            dirs[ctl] = d
+        _write(os.path.join(dirs["pids"], "pids.max"), str(limits.pids))
+        _write(os.path.join(dirs["memory"], "memory.limit_in_bytes"), str(limits.memory_bytes))
     except OSError:
         remove_trial_cgroup(TrialCgroup("cgroup-v1", dirs))
         raise
@@ -101,25 +116,26 @@ def _create_v1(name: str, own: dict[str, str], limits: Limits) -> TrialCgroup:
 
 
 def _create_v2(name: str, own: str, limits: Limits) -> TrialCgroup:
-    parent = CGROUP_ROOT / own.lstrip("/")
-    enabled = (parent / "cgroup.subtree_control").read_text().split()
+    parent = os.path.join(CGROUP_ROOT, own.lstrip("/")).rstrip("/")
+    enabled = _read(os.path.join(parent, "cgroup.subtree_control")).split()
     if not {"pids", "memory"} <= set(enabled):
         try:   # only possible when the parent holds no processes itself (the v2 "no internal processes" rule)
-            (parent / "cgroup.subtree_control").write_text("+pids +memory")
+            _write(os.path.join(parent, "cgroup.subtree_control"), "+pids +memory")
         except OSError as exc:
             return TrialCgroup("rlimit", reason=f"cgroup v2: cannot enable pids+memory for children of {parent} "
                                                 f"({exc}); run the harness in a delegated cgroup (e.g. "
                                                 "systemd-run --scope -p Delegate=yes)")
-    d = parent / name
-    d.mkdir()
+    d = os.path.join(parent, name)
+    os.mkdir(d)
     try:
-        (d / "pids.max").write_text(str(limits.pids))
-        (d / "memory.max").write_text(str(limits.memory_bytes))
-        (d / "memory.swap.max").write_text("0") if (d / "memory.swap.max").exists() else None
+        _write(os.path.join(d, "pids.max"), str(limits.pids))
+        _write(os.path.join(d, "memory.max"), str(limits.memory_bytes))
+        if os.path.exists(os.path.join(d, "memory.swap.max")):
+            _write(os.path.join(d, "memory.swap.max"), "0")
     except OSError:
-        d.rmdir()
+        os.rmdir(d)
         raise
-    return TrialCgroup("cgroup-v2", {"unified": str(d)})
+    return TrialCgroup("cgroup-v2", {"unified": d})
 
 
 def process_cgroup(pid: int) -> TrialCgroup:
@@ -127,13 +143,14 @@ def process_cgroup(pid: int) -> TrialCgroup:
     limit_hits."""
     own = _own_cgroups(pid)
     if _is_v2_unified():
-        return TrialCgroup("cgroup-v2", {"unified": str(CGROUP_ROOT / own.get("", "/").lstrip("/"))})
-    return TrialCgroup("cgroup-v1", {c: str(CGROUP_ROOT / c / own.get(c, "/").lstrip("/")) for c in ("pids", "memory")})
+        return TrialCgroup("cgroup-v2", {"unified": os.path.join(CGROUP_ROOT, own.get("", "/").lstrip("/")).rstrip("/")})
+    return TrialCgroup("cgroup-v1", {c: os.path.join(CGROUP_ROOT, c, own.get(c, "/").lstrip("/")).rstrip("/")
+                                     for c in ("pids", "memory")})
 
 
-def _counter(path: Path, key: str) -> int:
+def _counter(path: str, key: str) -> int:
     try:
-        text = path.read_text()
+        text = _read(path)
     except OSError:
         return 0
     m = re.search(rf"^{key} (\d+)$", text, re.M)
@@ -144,15 +161,15 @@ def limit_hits(cg: TrialCgroup) -> list[str]:
     """Which of the cgroup's limits were reached so far ("pids", "memory")."""
     hits = []
     if cg.mode == "cgroup-v2":
-        d = Path(cg.dirs["unified"])
-        if _counter(d / "pids.events", "max"):
+        d = cg.dirs["unified"]
+        if _counter(os.path.join(d, "pids.events"), "max"):
             hits.append("pids")
-        if _counter(d / "memory.events", "oom_kill"):
+        if _counter(os.path.join(d, "memory.events"), "oom_kill"):
             hits.append("memory")
     elif cg.mode == "cgroup-v1":
-        if _counter(Path(cg.dirs["pids"]) / "pids.events", "max"):
+        if _counter(os.path.join(cg.dirs["pids"], "pids.events"), "max"):
             hits.append("pids")
-        if _counter(Path(cg.dirs["memory"]) / "memory.oom_control", "oom_kill"):
+        if _counter(os.path.join(cg.dirs["memory"], "memory.oom_control"), "oom_kill"):
             hits.append("memory")
     return hits
 
@@ -169,7 +186,7 @@ def join_argv(cg: TrialCgroup, limits: Limits, argv: list[str]) -> list[str]:
 
 def _procs(d: str) -> list[int]:
     try:
-        return [int(p) for p in Path(d, "cgroup.procs").read_text().split()]
+        return [int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()]
     except (OSError, ValueError):
         return []
 
@@ -201,9 +218,9 @@ def leftover_cgroups(prefix: str) -> list[TrialCgroup]:
     """Cgroups of trials whose world directory name starts with `prefix` (a run's world prefix),
     anywhere in the hierarchies, left by a harness that was killed."""
     found: dict[str, dict[str, str]] = {}
-    roots = [("unified", CGROUP_ROOT)] if _is_v2_unified() else [(c, CGROUP_ROOT / c) for c in ("pids", "memory")]
+    roots = [("unified", CGROUP_ROOT)] if _is_v2_unified() else [(c, os.path.join(CGROUP_ROOT, c)) for c in ("pids", "memory")]
     for ctl, root in roots:
-        if not root.is_dir():
+        if not os.path.isdir(root):
             continue
         for dirpath, dirnames, _ in os.walk(root):
             for dn in list(dirnames):

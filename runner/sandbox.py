@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -128,7 +128,7 @@ def launch_world(spec: dict, world_dir: Path, timeout_s: float, agent_slot: Agen
     servers are recorded by the run's eBPF recorder (else by strace in the world)."""
     limits = Limits()
     cgroup = create_trial_cgroup(world_dir.name, limits)   # named after the world: a resume finds leftovers
-    spec = {**spec, "limits": {"values": asdict(limits), "cgroup": cgroup.to_json()}}
+    spec = {**spec, "limits": {"values": limits._asdict(), "cgroup": cgroup.to_json()}}
     try:
         return _run_world(spec, world_dir, timeout_s, agent_slot, follower=follower)
     finally:

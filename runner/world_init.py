@@ -24,11 +24,8 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from runner.fs_watch import FsWatcher
+from runner.fs_watch import FsWatcher   # stdlib-only module of the project
 
 IP = "/usr/sbin/ip"
 BWRAP = "/usr/bin/bwrap"
@@ -264,7 +261,6 @@ def dns_sink(record_path: str) -> None:
 
 # --- live filesystem watcher (runner/fs_watch.py: a thread of this process) ----------------------
 def start_fs_watcher(spec: dict) -> FsWatcher:
-    from runner.fs_watch import FsWatcher   # stdlib-only module of the project
     return FsWatcher(spec["fs_watch"], os.path.join(spec["logs"], "fs_events.jsonl")).start()
 
 
@@ -782,6 +778,8 @@ def main(spec_path: str) -> int:
         agent_ended(spec)
         set_session_nice(SETUP_NICE)
     except Exception:  # noqa: BLE001 - reported to the harness through world.json
+        import traceback
+
         status["error"] = traceback.format_exc()
     finally:
         agent_ended(spec)

@@ -50,15 +50,12 @@ setting it). A missing config means the library changes nothing. Lines::
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
-SHIM_SOURCE = Path(__file__).with_name("shim") / "apparent_size.c"
+# world_init imports this module under the system Python for every trial, only to write the
+# config: what building the library needs (hashlib, pathlib, tempfile, ...) is imported there.
+SHIM_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim", "apparent_size.c")
 CONFIG_PATH_IN_SERVER = "/etc/peer-harness/apparent_size.conf"
 CONFIG_ENV = "PEER_HARNESS_SIZE_CONF"
 DEFAULT_PROGRAMS: tuple[str, ...] = ("ls", "stat", "du", "df", "find")
@@ -76,6 +73,8 @@ class ShimBuildError(RuntimeError):
 
 
 def _build_key(source: bytes, cc: str) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     h.update(source)
     h.update("\0".join(_CFLAGS + _LIBS).encode())
@@ -83,7 +82,7 @@ def _build_key(source: bytes, cc: str) -> str:
     return h.hexdigest()[:16]
 
 
-def build_shim(cache_dir: Path) -> Path:
+def build_shim(cache_dir: str | os.PathLike) -> os.PathLike:
     """Compile `apparent_size.c` into `cache_dir` once and return the path of the `.so`.
 
     The file name carries a hash of the source and flags, so an edited source gets a new
@@ -91,13 +90,19 @@ def build_shim(cache_dir: Path) -> Path:
     place, so concurrent callers never see a half-written file (the last rename wins with
     identical content).
     """
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
     cc = shutil.which("gcc")
     if cc is None:
         raise ShimBuildError(
             "gcc not found on PATH: the apparent-size shim is C and must be compiled "
             "(on Debian: apt-get install gcc libc6-dev)"
         )
-    source = SHIM_SOURCE.read_bytes()
+    with open(SHIM_SOURCE, "rb") as f:
+        source = f.read()
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / f"apparent_size-{_build_key(source, cc)}.so"
@@ -109,7 +114,7 @@ def build_shim(cache_dir: Path) -> Path:
     tmp = Path(tmp_name)
     try:
         proc = subprocess.run(
-            [cc, *_CFLAGS, "-o", str(tmp), str(SHIM_SOURCE), *_LIBS],
+            [cc, *_CFLAGS, "-o", str(tmp), SHIM_SOURCE, *_LIBS],
             capture_output=True,
             text=True,
         )
@@ -152,18 +157,18 @@ def render_shim_config(
 
 
 def write_shim_config(
-    path: Path,
+    path: str | os.PathLike,
     files: list[tuple[int, int, int]],
     volume: tuple[str, int, int] | None,
     programs: Sequence[str] = DEFAULT_PROGRAMS,
-) -> Path:
+) -> None:
     """Write the config: `files` are (inode, real_size, apparent_size); `volume` is
     (mount_point, total_bytes, used_bytes) as the server sees the mount point."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    directory, name = os.path.split(os.fspath(path))
+    os.makedirs(directory, exist_ok=True)
     text = render_shim_config(files, volume, programs)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o644)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
-    return path
