@@ -112,6 +112,15 @@ def _create_v1(name: str, own: dict[str, str], limits: Limits) -> TrialCgroup:
     except OSError:
         remove_trial_cgroup(TrialCgroup("cgroup-v1", dirs))
         raise
+    # The cpu controller, where mounted: the trial's CPU priority (set_cpu_priority). Optional: a
+    # trial without it still has its limits.
+    if os.path.exists(os.path.join(CGROUP_ROOT, "cpu", "cgroup.procs")):
+        d = os.path.join(CGROUP_ROOT, "cpu", own.get("cpu", "/").lstrip("/"), name)
+        try:
+            os.mkdir(d)
+            dirs["cpu"] = d
+        except OSError:
+            pass
     return TrialCgroup("cgroup-v1", dirs)
 
 
@@ -125,6 +134,11 @@ def _create_v2(name: str, own: str, limits: Limits) -> TrialCgroup:
             return TrialCgroup("rlimit", reason=f"cgroup v2: cannot enable pids+memory for children of {parent} "
                                                 f"({exc}); run the harness in a delegated cgroup (e.g. "
                                                 "systemd-run --scope -p Delegate=yes)")
+    if "cpu" in _read(os.path.join(parent, "cgroup.controllers")).split() and "cpu" not in enabled:
+        try:    # optional: the trial's CPU priority (set_cpu_priority)
+            _write(os.path.join(parent, "cgroup.subtree_control"), "+cpu")
+        except OSError:
+            pass
     d = os.path.join(parent, name)
     os.mkdir(d)
     try:
@@ -174,6 +188,28 @@ def limit_hits(cg: TrialCgroup) -> list[str]:
     return hits
 
 
+# The kernel's weight of each nice level (kernel/sched/core.c sched_prio_to_weight; nice 0 = 1024):
+# what an autogroup of that nice level gets, and so what a cgroup gets for the same priority.
+NICE_WEIGHTS = {-20: 88761, -15: 29154, -10: 9548, -5: 3121, 0: 1024, 5: 335, 10: 110, 15: 36, 19: 15}
+
+
+def set_cpu_priority(cg: TrialCgroup, nice: int) -> None:
+    """Give the trial's cgroup the CPU weight of an autogroup at `nice`. A process in a cgroup of
+    its own is scheduled by that cgroup's weight, not by its session (autogroup): every SSH session
+    on a server (sshd starts each one, and each command, in a new session) then runs at the
+    trial's priority, as its agent does, instead of at nice 0. No-op without a cpu cgroup."""
+    weight = NICE_WEIGHTS[nice]
+    try:
+        if cg.mode == "cgroup-v2":
+            path = os.path.join(cg.dirs["unified"], "cpu.weight")
+            if os.path.exists(path):    # the cpu controller is enabled for the trial's cgroup
+                _write(path, str(max(1, min(10000, round(weight * 100 / 1024)))))
+        elif "cpu" in cg.dirs:
+            _write(os.path.join(cg.dirs["cpu"], "cpu.shares"), str(weight))
+    except OSError:     # the cgroup is gone (the trial is being torn down)
+        pass
+
+
 def join_argv(cg: TrialCgroup, limits: Limits, argv: list[str]) -> list[str]:
     """`argv` started inside the trial's cgroup (it moves itself in before exec, so nothing it
     starts escapes), or under rlimits in rlimit mode."""
@@ -218,7 +254,8 @@ def leftover_cgroups(prefix: str) -> list[TrialCgroup]:
     """Cgroups of trials whose world directory name starts with `prefix` (a run's world prefix),
     anywhere in the hierarchies, left by a harness that was killed."""
     found: dict[str, dict[str, str]] = {}
-    roots = [("unified", CGROUP_ROOT)] if _is_v2_unified() else [(c, os.path.join(CGROUP_ROOT, c)) for c in ("pids", "memory")]
+    roots = [("unified", CGROUP_ROOT)] if _is_v2_unified() else [(c, os.path.join(CGROUP_ROOT, c))
+                                                                 for c in ("pids", "memory", "cpu")]
     for ctl, root in roots:
         if not os.path.isdir(root):
             continue

@@ -698,9 +698,12 @@ def agent_ended(spec: dict) -> None:
 # the harness's own work (building the next worlds, collecting and judging the last ones), so an
 # agent runs as it would alone on the machine as far as the cores allow. The kernel shares CPU
 # between sessions (autogroups) before processes, so priorities are set on sessions: world_init's
-# (holding the servers, the model relay and the world's tools) and the agent's own (it starts one,
-# with its tracer). While the agent runs, its world's session is as far ahead as the agent: the
-# servers answer its ssh and the relay carries its model calls, both on the agent's own clock.
+# (the model relay, the audit receiver, the world's tools) and the agent's own (it starts one, with
+# its tracer). The sandboxes run in the trial's cgroup, which gets the same priority where it has
+# a cpu controller (runner.limits.set_cpu_priority): sshd starts every connection and every command
+# in a session of its own, which would otherwise run at nice 0 behind the other trials' agents.
+# While the agent runs, its world is as far ahead as the agent: the servers answer its ssh and the
+# relay carries its model calls, both on the agent's own clock.
 SETUP_NICE = 10
 AGENT_NICE = -5
 
@@ -718,10 +721,11 @@ def main(spec_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     sys.path.insert(0, spec["project_root"])
-    from runner.limits import Limits, TrialCgroup, join_argv   # stdlib-only module of the project
+    from runner.limits import Limits, TrialCgroup, join_argv, set_cpu_priority   # stdlib-only module of the project
 
     limits = Limits(**spec["limits"]["values"])
     cgroup = TrialCgroup.from_json(spec["limits"]["cgroup"])
+    set_cpu_priority(cgroup, SETUP_NICE)
     logs = spec["logs"]
     status: dict = {"t_init": time.time(), "limits": {"mode": cgroup.mode, "reason": cgroup.reason,
                                                       **spec["limits"]["values"]}}
@@ -755,6 +759,7 @@ def main(spec_path: str) -> int:
             status["t_fs_watch_ready"] = time.time()
         world_ready(spec, status)
         set_session_nice(AGENT_NICE)
+        set_cpu_priority(cgroup, AGENT_NICE)
         argv, fds = agent_sandbox(agent, seccomp, spec.get("locale_dir"))
         status["t_agent_start"] = time.time()
         proc = start_recorded(lambda a: join_argv(cgroup, limits, a), argv, fds, "agent", watch["agent_strace"],
@@ -777,6 +782,7 @@ def main(spec_path: str) -> int:
         status["t_agent_end"] = time.time()
         agent_ended(spec)
         set_session_nice(SETUP_NICE)
+        set_cpu_priority(cgroup, SETUP_NICE)
     except Exception:  # noqa: BLE001 - reported to the harness through world.json
         import traceback
 

@@ -3,11 +3,17 @@ detector over chosen event sequences, and the resource-limit helpers (runner.lim
 files laid out as the kernel does. The real attacks are in tests/test_redteam.py."""
 from __future__ import annotations
 
+import os
+import subprocess
+import uuid
 from pathlib import Path
+
+import pytest
 
 from analysis.detectors.containment import containment_violation_attempt
 from analysis.detectors.trial import TrialData
-from runner.limits import Limits, TrialCgroup, join_argv, limit_hits
+from runner.limits import (NICE_WEIGHTS, Limits, TrialCgroup, create_trial_cgroup, join_argv, leftover_cgroups,
+                           limit_hits, remove_trial_cgroup, set_cpu_priority)
 from runner.records import Event, TrialResult
 from runner.strace_parse import process_events
 
@@ -155,6 +161,37 @@ def test_join_argv():
                                                                     "/cg/memory/t/cgroup.procs", "--", "x", "y"]
     assert join_argv(TrialCgroup("rlimit"), limits, ["x"]) == ["/usr/bin/prlimit", "--nproc=64",
                                                               f"--data={1 << 30}", "--", "x"]
+
+
+def test_a_trials_cgroup_carries_its_cpu_priority_into_every_new_session():
+    """sshd starts each connection and each command in a session of its own; in the trial's cgroup
+    they still run at the trial's CPU weight (autogroups only apply to the root cgroup)."""
+    name = f"phw-test-{uuid.uuid4().hex[:8]}"
+    cg = create_trial_cgroup(name, Limits())
+    try:
+        if cg.mode == "rlimit" or (cg.mode == "cgroup-v1" and "cpu" not in cg.dirs):
+            pytest.skip(f"no cpu cgroup here ({cg.mode}: {cg.reason})")
+        weight_file = (os.path.join(cg.dirs["cpu"], "cpu.shares") if cg.mode == "cgroup-v1"
+                       else os.path.join(cg.dirs["unified"], "cpu.weight"))
+        if not os.path.exists(weight_file):
+            pytest.skip("the cpu controller is not enabled for the trial's cgroup")
+        set_cpu_priority(cg, -5)
+        expected = {"cgroup-v1": NICE_WEIGHTS[-5], "cgroup-v2": round(NICE_WEIGHTS[-5] * 100 / 1024)}[cg.mode]
+        assert int(Path(weight_file).read_text()) == expected
+        set_cpu_priority(cg, 10)
+        assert int(Path(weight_file).read_text()) == {"cgroup-v1": 110, "cgroup-v2": 11}[cg.mode]
+        # A process of the trial starts a new session (as sshd does): still in the trial's cgroup.
+        out = subprocess.run(join_argv(cg, Limits(), ["setsid", "-w", "cat", "/proc/self/cgroup"]),
+                             capture_output=True, text=True, check=True).stdout
+        own = {line.split(":", 2)[1]: line.split(":", 2)[2] for line in out.splitlines()}
+        key, d = ("cpu", cg.dirs["cpu"]) if cg.mode == "cgroup-v1" else ("", cg.dirs["unified"])
+        assert next(path for ctl, path in own.items() if key in ctl.split(",")).endswith("/" + name)
+        assert os.path.isdir(d)
+        # A run killed before it removed the cgroup: a resume finds it by the world prefix.
+        assert [c.dirs for c in leftover_cgroups(name)] == [cg.dirs]
+    finally:
+        remove_trial_cgroup(cg)
+    assert not any(os.path.exists(d) for d in cg.dirs.values())
 
 
 def test_a_limit_the_kernel_enforced_just_before_the_agent_exited_is_still_reported(monkeypatch):
