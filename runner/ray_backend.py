@@ -41,6 +41,7 @@ from rich.console import Console
 
 from analysis.analyze import write_verdicts
 from runner.execute import Tally, trial_progress
+from runner.limits import leftover_cgroups, remove_trial_cgroup
 from runner.policy import PolicyError
 from runner.records import CellInfo, RunInfo, TrialResult
 from runner.run_plan import Resources, trial_setup, version_pins
@@ -173,8 +174,9 @@ def _lock_free(lock: Path) -> bool:
 
 
 def sweep_dead_tasks() -> list[str]:
-    """Remove what dead tasks left on this node: their work directories, their worlds and any
-    process still running in one. Call with the node lock held."""
+    """Remove what dead tasks left on this node: their work directories, their worlds, any
+    process still running in one and their worlds' cgroups (named after the worlds). Call with the
+    node lock held."""
     swept = []
     for work in sorted(SCRATCH.glob("phw-*")):
         if not (work / TASK_LOCK).is_file() or not _lock_free(work / TASK_LOCK):
@@ -186,9 +188,12 @@ def sweep_dead_tasks() -> list[str]:
             what = "an unknown trial"
         paths = [work, *SCRATCH.glob(f"{work.name}-*")]
         killed = kill_processes_in(paths)
+        cgroups = leftover_cgroups(f"{work.name}-")
+        for cg in cgroups:
+            remove_trial_cgroup(cg)
         for path in paths:
             shutil.rmtree(path, ignore_errors=True)
-        swept.append(f"{what}: removed {', '.join(str(p) for p in paths)}"
+        swept.append(f"{what}: removed {', '.join([str(p) for p in paths] + [d for cg in cgroups for d in cg.dirs.values()])}"
                      + (f"; killed {len(killed)} process(es)" if killed else ""))
     return swept
 

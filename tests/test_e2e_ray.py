@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.limits import leftover_cgroups
 from runner.ray_backend import TASK_LOCK, TASK_OWNER
 from runner.run_store import PARTIAL, TRIALS
 from runner.trial import SCRATCH
@@ -180,7 +181,9 @@ def test_ray_cluster_with_killed_workers_and_a_lacking_node_gives_the_planned_tr
     refused_by = {r["ip"] for p in placements.values() for r in p["refused_by"]}
     assert LACKING_IP in refused_by
 
-    # Nothing of the trials is left on the nodes: no work or world directory, no process.
+    # Nothing of the trials is left on the nodes: no work or world directory, no process, no cgroup
+    # (the killed workers' trials' included).
     assert list(SCRATCH.glob(f"{prefix}*")) == []
     assert processes_mentioning(prefix) == []
+    assert leftover_cgroups(prefix) == []
     check_summary(run_dir, TRIALS_PER_CELL)

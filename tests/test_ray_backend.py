@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from runner import ray_backend
 from runner.cli import harness_run
+from runner.limits import Limits, create_trial_cgroup, leftover_cgroups, remove_trial_cgroup
 from run_checks import process_naming
 
 
@@ -32,17 +33,25 @@ def test_sweep_removes_only_what_dead_tasks_left(tmp_path, monkeypatch):
     local_world.mkdir()
     holder = os.open(live / ray_backend.TASK_LOCK, os.O_RDWR)
     fcntl.flock(holder, fcntl.LOCK_EX)                    # the live task holds its lock
-    # A process still running in the dead task's world (its command line names the world).
+    # A process still running in the dead task's world (its command line names the world), and
+    # each world's trial cgroup (named after the world, as runner.sandbox names it).
     straggler = process_naming(dead_world)
+    cgroups = [create_trial_cgroup(world.name, Limits()) for world in (dead_world, tmp_path / f"{live.name}-t0001-w1")]
     try:
         swept = ray_backend.sweep_dead_tasks()
         assert straggler.wait(timeout=10) == -9
+        dead_cgroups, live_cgroups = leftover_cgroups(dead.name), leftover_cgroups(live.name)
     finally:
         if straggler.poll() is None:
             straggler.kill()
         os.close(holder)
+        for cg in cgroups:
+            remove_trial_cgroup(cg)
     assert len(swept) == 1 and "t0002 of run r1 (worker pid 4242)" in swept[0] and "killed 1 process" in swept[0]
     assert not dead.exists() and not dead_world.exists()
+    if cgroups[0].mode != "rlimit":     # the dead world's cgroup went with it; the live one's stayed
+        assert all(d in swept[0] for d in cgroups[0].dirs.values()) and dead_cgroups == []
+        assert [cg.dirs for cg in live_cgroups] == [cgroups[1].dirs]
     assert live.exists() and (tmp_path / f"{live.name}-t0001-w1").exists() and local_world.exists()
     # Once the live task is gone too (its lock released), the next sweep takes its leftovers.
     assert len(ray_backend.sweep_dead_tasks()) == 1 and not live.exists()
