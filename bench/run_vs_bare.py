@@ -23,8 +23,9 @@ CLI's own time; not the same episodes).
 Prints and writes to bench/results/run_vs_bare.json: both wall times and their ratio; the
 per-trial harness overhead: on the critical path (median time a trial holds one of the run's
 `concurrency` agent slots, from its started world's go to its agent's end as world_init stamps them
-in record/world.json, minus the median bare episode; building and starting worlds, stopping them, collecting and analyzing run beside the
-other trials' agents), as latency (median trial time without waiting for a slot, minus the median
+in record/world.json, minus the median bare episode, with a bootstrap 95% interval, and the
+median of the per-episode differences; building and starting worlds, stopping them, collecting
+and analyzing run beside the other trials' agents), as latency (median trial time without waiting for a slot, minus the median
 bare episode) and at run level ((harness wall - bare wall) x concurrency / N); per-phase medians
 of the harness trials (result.json phases) and the median time per trial and per bare episode in
 SSH sessions with the servers (sshd logs); the harness process's peak RSS (VmHWM, polled); CPU
@@ -51,6 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,6 +197,18 @@ class BareEpisodes:
         return {"index": index, "policy": policy.name, "seconds": seconds, "exit": code,
                 "ssh_sessions": ssh_session_seconds(self.world.dir / "logs") - ssh_before,
                 "finished": server.finished and server.turns_played == server.turns_total}
+
+
+def overhead_interval(slots, bare_episodes, resamples: int = 4000) -> list[int]:
+    """95% bootstrap interval (percentile) of median(slots) - median(bare_episodes), in ms; the two
+    samples resampled independently, with a fixed generator seed so a rerun on the same figures
+    gives the same interval."""
+    from scipy.stats import bootstrap
+
+    res = bootstrap((np.asarray(slots), np.asarray(bare_episodes)),
+                    lambda a, b, axis: np.median(a, axis=axis) - np.median(b, axis=axis),
+                    n_resamples=resamples, method="percentile", vectorized=True, rng=np.random.default_rng(0))
+    return [round(res.confidence_interval.low * 1000), round(res.confidence_interval.high * 1000)]
 
 
 def cpu_self_and_children() -> float:
@@ -379,10 +393,14 @@ def main(trials: int, concurrency: int | None, seed: int, blocks: int, bare_with
         harness_wall = harness["wall"]
         bare_wall, bare_cpu = sum(b[0] for b in bare_blocks), sum(b[1] for b in bare_blocks)
         episodes = [e for b in bare_blocks for e in b[2]]
-        rows = []
+        bare_seconds = {(k, e["index"]): e["seconds"] for k, b in enumerate(bare_blocks) for e in b[2]}
+        rows, paired = [], []
         for result in sorted(base.glob("run*/trials/*/result.json")):
             r = json.loads(result.read_text())
             world = json.loads((result.parent / "record" / "world.json").read_text())
+            # run<k>/trials/t<i>: trial i of block k, the same episode as bare block k's index i
+            block, index = int(result.parents[2].name.removeprefix("run")), int(r["trial_id"].removeprefix("t"))
+            paired.append(world["t_agent_end"] - world["t_go"] - bare_seconds[(block, index)])
             rows.append({**r["phases"], "total": r["ended_at"] - r["started_at"], "valid": r["valid"],
                          "ssh_sessions": ssh_session_seconds(result.parent / "record"),
                          # The agent slot (runner.trial.AgentSlots) is held from the go to the agent's end;
@@ -404,6 +422,11 @@ def main(trials: int, concurrency: int | None, seed: int, blocks: int, bare_with
             "median_harness_trial_s": round(harness_trial, 3), "median_bare_episode_s": round(bare_episode, 3),
             "median_agent_slot_s": round(float(slot.median()), 3),
             "overhead_per_trial_median_ms": round((float(slot.median()) - bare_episode) * 1000),
+            # How far the machine's noise moves that figure: a bootstrap interval of the difference of
+            # the two medians, and the median of the per-episode differences (the same episode, harness
+            # slot minus bare).
+            "overhead_per_trial_median_ms_ci95": overhead_interval(slot.to_numpy(), [e["seconds"] for e in episodes]),
+            "overhead_per_trial_paired_median_ms": round(statistics.median(paired) * 1000),
             "overhead_per_trial_latency_median_ms": round((harness_trial - bare_episode) * 1000),
             "overhead_per_trial_run_level_ms": round((harness_wall - bare_wall) * concurrency / trials * 1000),
             "harness_phase_median_s": {p: round(float(df[p].median()), 3) for p in phases},

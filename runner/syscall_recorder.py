@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from runner.paths import PROJECT_ROOT
+from runner.world_init import set_session_nice
 
 RECORDER_BINARY = PROJECT_ROOT / "runner" / "ebpf" / "build" / "syscall-recorder"
 # What a world may ask to have followed: "agent" or a server's address.
@@ -34,6 +35,10 @@ FOLLOWED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
 START_TIMEOUT_S = 30                 # loading and verifying the programs takes 0.2-0.4 s of CPU
 REPLY_TIMEOUT_S = 30
 SYSCALL_RECORDERS = ("ebpf", "strace")
+# The recorder's session comes before every agent it records (world_init.AGENT_NICE is -5): the
+# trials share one ring, and a reader that fell behind one world's flood of records (a red-team
+# agent writing without end) lost the records of the trial beside it.
+RECORDER_NICE = -10
 
 
 class RecorderError(RuntimeError):
@@ -49,6 +54,7 @@ class SyscallRecorder:
         self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         self._proc = subprocess.Popen([str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=self._log, start_new_session=True)
+        set_session_nice(RECORDER_NICE, self._proc.pid)
         self._lock = threading.Lock()
         self._pending = b""
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.syscall_recorder import RECORDER_BINARY, RecorderError, SyscallRecorder
+from runner.syscall_recorder import RECORDER_BINARY, RECORDER_NICE, RecorderError, SyscallRecorder
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not RECORDER_BINARY.exists()
                                 or not Path("/sys/kernel/btf/vmlinux").exists(),
@@ -131,3 +131,18 @@ def test_a_flood_is_charged_to_its_own_tag_only(tmp_path):
     assert 100_000 <= opens_of(flood_recs, target) + flood_recs[-1]["lost"] <= 100_001
     assert flood_recs[-1]["lost"] == lost
     assert opens_of(records(tmp_path / "quiet.jsonl"), tmp_path / "q") == 5
+
+
+def test_the_recorder_runs_ahead_of_the_agents_it_records():
+    """Its session's priority is above the agents' (world_init.AGENT_NICE), so it drains the shared
+    ring before any agent can fill it further."""
+    from runner.world_init import AGENT_NICE
+
+    recorder = SyscallRecorder()
+    try:
+        autogroup = Path(f"/proc/{recorder._proc.pid}/autogroup")
+        if not autogroup.exists():
+            pytest.skip("a kernel without autogroups")
+        assert autogroup.read_text().split()[-1] == str(RECORDER_NICE) and RECORDER_NICE < AGENT_NICE
+    finally:
+        recorder.stop()
