@@ -6,7 +6,8 @@ process they start) share one cgroup made for the trial: cgroup v2 (`pids.max`, 
 on a unified hierarchy, or the v1 `pids` and `memory` controllers on a legacy/hybrid one. The
 cgroup is nested under the harness's own cgroup, so a trial never escapes the limits the harness
 itself runs under. A limit hit shows in the controller's event counters (`pids.events` max,
-`memory.events` / `memory.oom_control` oom_kill), which world_init watches.
+`memory.events` / `memory.oom_control` oom_kill), which world_init watches. Where the kernel has
+the cpu controller the trial's cgroup carries its CPU priority too (set_cpu_priority).
 
 Without usable controllers (no write access, a v2 hierarchy whose parent cannot delegate) the
 agent gets rlimits instead (`prlimit`: RLIMIT_NPROC and RLIMIT_DATA). That mode is weaker:
