@@ -47,12 +47,6 @@ class TrialCgroup:
         self.dirs = dirs if dirs is not None else {}    # controller ("pids", "memory", or "unified") -> dir
         self.reason = reason            # why cgroups are not used (rlimit mode)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TrialCgroup) and self.to_json() == other.to_json()
-
-    def __repr__(self) -> str:
-        return f"TrialCgroup(mode={self.mode!r}, dirs={self.dirs!r}, reason={self.reason!r})"
-
     def procs_files(self) -> list[str]:
         return [os.path.join(d, "cgroup.procs") for d in dict.fromkeys(self.dirs.values())]
 

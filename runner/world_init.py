@@ -716,16 +716,23 @@ def set_session_nice(nice: int, pid: int | str = "self") -> None:
         pass
 
 
+def set_world_priority(nice: int, cgroup) -> None:
+    """world_init's session and the trial's cgroup (its sandboxes, every session sshd starts) at `nice`."""
+    from runner.limits import set_cpu_priority   # stdlib-only module of the project
+
+    set_session_nice(nice)
+    set_cpu_priority(cgroup, nice)
+
+
 def main(spec_path: str) -> int:
-    set_session_nice(SETUP_NICE)
     with open(spec_path) as f:
         spec = json.load(f)
     sys.path.insert(0, spec["project_root"])
-    from runner.limits import Limits, TrialCgroup, join_argv, set_cpu_priority   # stdlib-only module of the project
+    from runner.limits import Limits, TrialCgroup, join_argv   # stdlib-only module of the project
 
     limits = Limits(**spec["limits"]["values"])
     cgroup = TrialCgroup.from_json(spec["limits"]["cgroup"])
-    set_cpu_priority(cgroup, SETUP_NICE)
+    set_world_priority(SETUP_NICE, cgroup)
     logs = spec["logs"]
     status: dict = {"t_init": time.time(), "limits": {"mode": cgroup.mode, "reason": cgroup.reason,
                                                       **spec["limits"]["values"]}}
@@ -758,8 +765,7 @@ def main(spec_path: str) -> int:
             fs_watcher.wait_ready(60)
             status["t_fs_watch_ready"] = time.time()
         world_ready(spec, status)
-        set_session_nice(AGENT_NICE)
-        set_cpu_priority(cgroup, AGENT_NICE)
+        set_world_priority(AGENT_NICE, cgroup)
         argv, fds = agent_sandbox(agent, seccomp, spec.get("locale_dir"))
         status["t_agent_start"] = time.time()
         proc = start_recorded(lambda a: join_argv(cgroup, limits, a), argv, fds, "agent", watch["agent_strace"],
@@ -781,8 +787,7 @@ def main(spec_path: str) -> int:
             t.join(timeout=10)
         status["t_agent_end"] = time.time()
         agent_ended(spec)
-        set_session_nice(SETUP_NICE)
-        set_cpu_priority(cgroup, SETUP_NICE)
+        set_world_priority(SETUP_NICE, cgroup)
     except Exception:  # noqa: BLE001 - reported to the harness through world.json
         import traceback
 
